@@ -1,0 +1,271 @@
+//! The HTTP API between agent and endpoint (JSON over HTTPS). Documented for people in
+//! `docs/protocol.md`; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::NamespacedName;
+use super::registration::Registration;
+
+pub const PATH_DISCOVERY: &str = "/v1/discovery";
+pub const PATH_AUTHORIZE: &str = "/v1/authorize";
+pub const PATH_REGISTER: &str = "/v1/register";
+pub const PATH_KEEPALIVE: &str = "/v1/keepalive";
+pub const PATH_BOOTSTRAP: &str = "/v1/bootstrap";
+pub const PATH_UNREGISTER: &str = "/v1/unregister";
+
+/// `GET /v1/discovery`, unauthenticated: what an agent needs before it can ask for a credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryResponse {
+    /// The onboarding plane's UID: the audience of platform credentials and session tokens.
+    pub plane_uid: String,
+    /// Which endpoint instance answered (shows up as `connectedTo` in the WAR).
+    pub instance: String,
+    /// Credential kinds this endpoint accepts (`jwt`, `aws-ec2`, ...).
+    pub platforms: Vec<String>,
+}
+
+/// A platform credential. `type` selects the platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Credential {
+    /// An OIDC JWT from a trusted issuer, audience = plane UID.
+    Jwt { token: String },
+    /// AWS EC2 instance identity document with its PKCS#7 signature.
+    #[serde(rename_all = "camelCase")]
+    AwsEc2 {
+        document: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rsa2048: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pkcs7: Option<String>,
+    },
+    /// A pre-signed STS GetCallerIdentity request made with an ECS task role.
+    #[serde(rename_all = "camelCase")]
+    AwsEcs {
+        signed_request: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_metadata: Option<serde_json::Value>,
+    },
+    /// A GCE instance identity token (`format=full`).
+    Gcp { token: String },
+    /// Azure IMDS attested document; `nonce` is the one the endpoint handed out.
+    #[serde(rename_all = "camelCase")]
+    Azure { signature: String, nonce: String },
+}
+
+impl Credential {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Jwt { .. } => "jwt",
+            Credential::AwsEc2 { .. } => "aws-ec2",
+            Credential::AwsEcs { .. } => "aws-ecs",
+            Credential::Gcp { .. } => "gcp",
+            Credential::Azure { .. } => "azure",
+        }
+    }
+}
+
+/// `POST /v1/authorize`: prove the host's identity and ask to join a WorkloadGroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    pub workload_group: NamespacedName,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizeResponse {
+    /// The session token: `Authorization: Bearer <token>` on every later call.
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Where this identity is (or will be) registered.
+    pub registration: NamespacedName,
+}
+
+/// `POST /v1/register` (session token): create or reuse the WAR and get the sidecar's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub registration: Registration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    pub registration: NamespacedName,
+    /// True when an existing WAR was reused (same identity onboarding again).
+    pub reused: bool,
+    pub bootstrap: Bootstrap,
+    pub keep_alive: KeepAliveSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveSettings {
+    /// How often the agent calls `/v1/keepalive`, in seconds.
+    pub interval_seconds: u64,
+    /// After this long without a keep-alive the endpoint marks the agent disconnected.
+    pub timeout_seconds: u64,
+}
+
+/// The sidecar's boot files, rendered from the WAR's WorkloadGroup snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    pub files: Vec<BootstrapFile>,
+    /// Lines for the agent-owned block of `/etc/hosts` (istiod address, egress hostnames).
+    #[serde(default)]
+    pub hosts: Vec<HostsEntry>,
+    /// When the istio-token in `files` expires (RFC 3339), if known: the agent fetches a
+    /// fresh bootstrap before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio_token_expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapFile {
+    /// Absolute path on the host (the agent prefixes its root directory).
+    pub path: String,
+    /// Unix permission bits, e.g. 0o644.
+    pub mode: u32,
+    pub content: String,
+    /// A change to this file needs a sidecar restart (false for files pilot-agent re-reads,
+    /// such as the istio-token).
+    #[serde(default = "default_true")]
+    pub restart_on_change: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostsEntry {
+    pub ip: String,
+    pub hostnames: Vec<String>,
+}
+
+/// `POST /v1/keepalive` (session token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveResponse {
+    pub registration: NamespacedName,
+    pub connected_to: String,
+}
+
+/// `POST /v1/unregister` (session token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnregisterResponse {
+    /// Wait this long before stopping the sidecar, so the mesh stops sending traffic first.
+    pub propagation_delay_seconds: f64,
+}
+
+/// Every error the API returns. `code` is stable; `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body is not what the API expects.
+    BadRequest,
+    /// The body is larger than the endpoint accepts.
+    PayloadTooLarge,
+    /// The credential is not well-formed (not a JWT, bad base64, ...).
+    MalformedCredential,
+    /// The credential's issuer is not trusted by this endpoint.
+    UnknownIssuer,
+    /// The credential is for another audience (not this plane's UID).
+    WrongAudience,
+    /// The credential has expired or is not valid yet.
+    CredentialExpired,
+    /// The credential's signature does not verify.
+    InvalidSignature,
+    /// The credential was refused for another reason the message explains.
+    InvalidCredential,
+    /// This platform's credentials are not accepted by this endpoint.
+    UnsupportedPlatform,
+    /// No OnboardingPolicy allows this identity into this WorkloadGroup.
+    PolicyDenied,
+    /// Another live session already exists for this host identity.
+    SessionConflict,
+    /// No session token, or one that does not verify.
+    SessionInvalid,
+    /// The session token has expired: authorize again.
+    SessionExpired,
+    /// The WAR behind this session was deleted: onboard again.
+    RegistrationGone,
+    /// The endpoint could not do its part (store, token source); try again later.
+    Unavailable,
+    /// A bug or an unexpected state; the endpoint's log has details.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::MalformedCredential => "malformed_credential",
+            ErrorCode::UnknownIssuer => "unknown_issuer",
+            ErrorCode::WrongAudience => "wrong_audience",
+            ErrorCode::CredentialExpired => "credential_expired",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::InvalidCredential => "invalid_credential",
+            ErrorCode::UnsupportedPlatform => "unsupported_platform",
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::SessionConflict => "session_conflict",
+            ErrorCode::SessionInvalid => "session_invalid",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::RegistrationGone => "registration_gone",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::MalformedCredential => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnknownIssuer
+            | ErrorCode::WrongAudience
+            | ErrorCode::CredentialExpired
+            | ErrorCode::InvalidSignature
+            | ErrorCode::InvalidCredential
+            | ErrorCode::SessionInvalid
+            | ErrorCode::SessionExpired => 401,
+            ErrorCode::UnsupportedPlatform | ErrorCode::PolicyDenied => 403,
+            ErrorCode::SessionConflict => 409,
+            ErrorCode::RegistrationGone => 410,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether retrying the same request later can succeed without a change on the host.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::SessionConflict
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,9 @@
+//! workload-onboarding: brings workloads on VMs and bare-metal hosts into an Istio mesh.
+//!
+//! The crate is one pure core with thin shells (see `docs/architecture.md`):
+//! `api`, `policy`, `registration`, `bootstrap` and the verifying halves of `identity` decide;
+//! `store`, `endpoint` and `agent` move data in and out.
+
+pub mod api;
+pub mod atomic;
+pub mod yaml;
