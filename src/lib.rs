@@ -6,4 +6,6 @@
 
 pub mod api;
 pub mod atomic;
+pub mod identity;
+pub mod policy;
 pub mod yaml;
