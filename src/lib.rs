@@ -8,4 +8,6 @@ pub mod api;
 pub mod atomic;
 pub mod identity;
 pub mod policy;
+pub mod registration;
+pub mod timestamp;
 pub mod yaml;

@@ -1,0 +1,196 @@
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::connection::*;
+use super::*;
+use crate::api::identity::JwtIdentity;
+use crate::api::registration::*;
+
+fn group() -> WorkloadGroup {
+    crate::yaml::from_str(
+        Path::new("wg.yaml"),
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: ratings
+  namespace: bookinfo
+  uid: 0b4a1f2e-0000-4000-8000-000000000001
+  labels: {app: ratings}
+spec:
+  metadata:
+    labels: {team: data}
+    annotations: {note: hello}
+  template:
+    labels: {app: ratings, class: vm}
+    serviceAccount: ratings-vm
+    network: vm-net
+    ports: {http: 8080}
+  probe:
+    httpGet: {port: 8080, path: /ready}
+"#,
+    )
+    .unwrap()
+}
+
+fn registration() -> Registration {
+    Registration {
+        agent: AgentInfo {
+            version: "0.1.0".into(),
+        },
+        sidecar: SidecarInfo {
+            istio: IstioSidecarInfo {
+                version: "1.24.0".into(),
+                revision: None,
+            },
+        },
+        host: HostInfo {
+            addresses: vec![
+                Address {
+                    ip: "203.0.113.7".into(),
+                    kind: AddressType::Internet,
+                },
+                Address {
+                    ip: "10.0.0.7".into(),
+                    kind: AddressType::Vpc,
+                },
+            ],
+        },
+        workload: Some(WorkloadInfo {
+            labels: [("version", "v5"), ("app", "hijack")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+        settings: None,
+    }
+}
+
+fn identity() -> WorkloadIdentity {
+    WorkloadIdentity::Jwt(JwtIdentity {
+        issuer: "https://idp.example".into(),
+        subject: "vm-1".into(),
+        attributes: Default::default(),
+    })
+}
+
+fn war() -> WorkloadAutoRegistration {
+    new_war(
+        "ratings-jwt-corp-vm-1",
+        &group(),
+        identity(),
+        registration(),
+        "war-uid-1",
+        "2026-11-21T10:00:00Z",
+    )
+}
+
+#[test]
+fn war_keeps_a_snapshot_and_an_owner_reference() {
+    let w = war();
+    assert_eq!(w.metadata.namespace, "bookinfo");
+    assert_eq!(w.spec.workload_group.spec, group().spec);
+    assert_eq!(w.spec.workload_group.labels, group().metadata.labels);
+    let owner = &w.metadata.owner_references[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("WorkloadGroup", "ratings")
+    );
+    assert_eq!(owner.controller, Some(true));
+}
+
+#[test]
+fn workload_entry_derives_from_snapshot_not_live_group() {
+    let w = war();
+    let we = workload_entry(&w).unwrap();
+    assert_eq!(we.spec.address.as_deref(), Some("10.0.0.7"), "VPC by default");
+    assert_eq!(we.spec.service_account.as_deref(), Some("ratings-vm"));
+    assert_eq!(we.spec.network.as_deref(), Some("vm-net"));
+    assert_eq!(we.spec.labels.get("app").map(String::as_str), Some("ratings"));
+    assert_eq!(we.spec.labels.get("version").map(String::as_str), Some("v5"));
+    assert_eq!(we.metadata.owner_references[0].kind, KIND);
+    assert_eq!(we.metadata.owner_references[0].uid, "war-uid-1");
+    assert_eq!(
+        we.metadata
+            .annotations
+            .get("proxy.istio.io/health-checks-enabled")
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[test]
+fn connected_over_internet_picks_the_public_address() {
+    let mut w = war();
+    w.spec.registration.settings = Some(Settings {
+        connected_over: Some(AddressType::Internet),
+    });
+    assert_eq!(
+        workload_entry(&w).unwrap().spec.address.as_deref(),
+        Some("203.0.113.7")
+    );
+    w.spec.registration.host.addresses.remove(0);
+    assert!(matches!(
+        workload_entry(&w),
+        Err(RegistrationError::NoAddress(AddressType::Internet, _))
+    ));
+}
+
+#[test]
+fn service_account_defaults_like_istioctl() {
+    let mut g = group();
+    g.spec.template.service_account = None;
+    let s = snapshot(&g, "t");
+    assert_eq!(s.spec.template.service_account.as_deref(), Some("default"));
+}
+
+#[test]
+fn registration_validation() {
+    assert!(validate_registration(&registration()).is_ok());
+    let mut r = registration();
+    r.host.addresses.clear();
+    assert!(validate_registration(&r).is_err());
+    let mut r = registration();
+    r.host.addresses[0].ip = "not-an-ip".into();
+    assert!(validate_registration(&r).is_err());
+    let mut r = registration();
+    r.sidecar.istio.revision = Some("Canary".into());
+    assert!(validate_registration(&r).is_err());
+}
+
+#[test]
+fn refresh_keeps_snapshot() {
+    let mut w = war();
+    let snap = w.spec.workload_group.clone();
+    assert!(!refresh_registration(&mut w, registration()));
+    let mut r = registration();
+    r.agent.version = "0.2.0".into();
+    assert!(refresh_registration(&mut w, r));
+    assert_eq!(w.spec.workload_group, snap);
+    assert_eq!(w.metadata.generation, Some(2));
+}
+
+#[test]
+fn connection_transitions_and_grace() {
+    let mut w = war();
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let grace = Duration::from_secs(300);
+    // Never connected: counts from creation (long ago here).
+    assert!(is_expired(&w, t0, grace));
+    assert!(mark_connected(&mut w, "ep-1", &crate::timestamp::format(t0)));
+    assert!(!mark_connected(&mut w, "ep-1", &crate::timestamp::format(t0)));
+    assert_eq!(w.agent_connected(), ConditionStatus::True);
+    assert!(!is_expired(&w, t0 + Duration::from_secs(10_000), grace));
+    assert!(mark_connected(&mut w, "ep-2", &crate::timestamp::format(t0)));
+    let t1 = t0 + Duration::from_secs(60);
+    assert!(mark_disconnected(
+        &mut w,
+        REASON_KEEPALIVE_TIMEOUT,
+        "no keep-alive",
+        &crate::timestamp::format(t1)
+    ));
+    assert!(w.status.active_agent_connection.is_none());
+    assert!(!is_expired(&w, t1 + Duration::from_secs(299), grace));
+    assert!(is_expired(&w, t1 + Duration::from_secs(300), grace));
+    assert_eq!(w.status.conditions.len(), 1);
+}
