@@ -10,4 +10,6 @@ pub mod identity;
 pub mod policy;
 pub mod registration;
 pub mod timestamp;
+#[cfg(feature = "endpoint")]
+pub mod token;
 pub mod yaml;
