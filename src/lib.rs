@@ -9,6 +9,8 @@ pub mod atomic;
 pub mod identity;
 pub mod policy;
 pub mod registration;
+#[cfg(feature = "endpoint")]
+pub mod store;
 pub mod timestamp;
 #[cfg(feature = "endpoint")]
 pub mod token;
