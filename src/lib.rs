@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod atomic;
+#[cfg(feature = "endpoint")]
+pub mod endpoint;
 pub mod identity;
 pub mod policy;
 pub mod registration;

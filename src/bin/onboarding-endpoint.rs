@@ -1,1 +1,382 @@
-fn main(){}
+//! `onboarding-endpoint`: the server agents onboard through, and the operator's tools around
+//! it (offline rendering, listing registrations).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use workload_onboarding::endpoint::config::{EndpointConfig, LogFormat};
+use workload_onboarding::endpoint::render::Renderer;
+use workload_onboarding::endpoint::server::{self, ServerOptions};
+use workload_onboarding::endpoint::service::{Service, ServiceSettings};
+use workload_onboarding::endpoint::{cli, tls};
+use workload_onboarding::identity::jwt::JwtVerifier;
+use workload_onboarding::store::Store;
+use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
+use workload_onboarding::{atomic, bootstrap, token};
+
+const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
+
+#[derive(Parser)]
+#[command(name = "onboarding-endpoint", version, about = "Workload onboarding endpoint")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the onboarding API over HTTPS.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Generate (once) a self-signed development CA and certificate in the state
+        /// directory when the config names no TLS files. Never for production.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Render a sidecar's boot files offline, like `istioctl x workload entry configure`.
+    Render(bootstrap::offline::RenderArgs),
+    /// List registrations, as `kubectl get war`.
+    Get {
+        /// Resource type: `war` (or `workloadautoregistration`).
+        resource: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show one registration, as `kubectl describe war`.
+    Describe {
+        resource: String,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a registration (and its WorkloadEntry); its agent onboards again.
+    Delete {
+        resource: String,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The endpoint's config file, to find the state directory.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, dev } => serve(&config, dev),
+        Command::Render(args) => bootstrap::offline::run(&args),
+        Command::Get {
+            resource,
+            namespace,
+            all_namespaces,
+            store,
+        } => {
+            check_resource(&resource)?;
+            let store = open_store(&store.config)?;
+            let ns = if all_namespaces {
+                None
+            } else {
+                Some(namespace.unwrap_or_else(|| "default".into()))
+            };
+            let wars = block_on(store.list_wars(ns.as_deref()))?;
+            if wars.is_empty() {
+                match &ns {
+                    Some(ns) => eprintln!("No resources found in {ns} namespace."),
+                    None => eprintln!("No resources found"),
+                }
+                return Ok(());
+            }
+            print!(
+                "{}",
+                cli::war_table(&wars, all_namespaces, std::time::SystemTime::now())
+            );
+            Ok(())
+        }
+        Command::Describe {
+            resource,
+            name,
+            namespace,
+            store,
+        } => {
+            check_resource(&resource)?;
+            let store = open_store(&store.config)?;
+            match block_on(store.get_war(&namespace, &name))? {
+                Some(w) => {
+                    print!("{}", cli::describe(&w));
+                    Ok(())
+                }
+                None => bail!("workloadautoregistration {name:?} not found in namespace {namespace}"),
+            }
+        }
+        Command::Delete {
+            resource,
+            name,
+            namespace,
+            store,
+        } => {
+            check_resource(&resource)?;
+            let store = open_store(&store.config)?;
+            if block_on(store.delete_registration(&namespace, &name))? {
+                println!("workloadautoregistration \"{name}\" deleted");
+                Ok(())
+            } else {
+                bail!("workloadautoregistration {name:?} not found in namespace {namespace}")
+            }
+        }
+    }
+}
+
+fn check_resource(r: &str) -> Result<()> {
+    match r {
+        "war" | "wars" | "workloadautoregistration" | "workloadautoregistrations" => Ok(()),
+        other => bail!("unknown resource {other:?}: this tool manages `war` (WorkloadAutoRegistration)"),
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(f))
+        .unwrap_or_else(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1)
+        })
+}
+
+fn open_store(config: &Path) -> Result<FileStore> {
+    let cfg = EndpointConfig::load(config)?;
+    let (store, _problems) = FileStore::open(file_store_config(&cfg))?;
+    Ok(store)
+}
+
+fn file_store_config(cfg: &EndpointConfig) -> FileStoreConfig {
+    FileStoreConfig {
+        config_dir: cfg.store.file.config_dir.clone(),
+        state_dir: cfg.store.file.state_dir.clone(),
+        istio_namespace: cfg.mesh.istio_namespace.clone(),
+        istio_token: cfg.istio_token.clone().unwrap_or(file::IstioTokenSource {
+            file: None,
+            command: None,
+            expiration: None,
+        }),
+    }
+}
+
+fn init_logging(cfg: &EndpointConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.logging.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Reads a small state file, or creates it with `make()` (mode `mode`) when missing.
+fn read_or_create(path: &Path, mode: u32, make: impl FnOnce() -> Result<String>) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make()?;
+            atomic::write_file(path, value.as_bytes(), mode)?;
+            Ok(value)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn serve(config_path: &Path, dev: bool) -> Result<()> {
+    let cfg = EndpointConfig::load(config_path)?;
+    init_logging(&cfg);
+    // One crypto provider for the whole process (see docs/architecture.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = &cfg.store.file.state_dir;
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
+
+    let plane_uid = match &cfg.plane_uid {
+        Some(u) => u.clone(),
+        None => read_or_create(&state.join("plane-uid"), 0o644, || {
+            Ok(uuid::Uuid::new_v4().to_string())
+        })?
+        .trim()
+        .to_string(),
+    };
+    let key_path = cfg
+        .token_issuer
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| state.join("session-signing-key.pem"));
+    let key_pem = read_or_create(&key_path, 0o600, || Ok(token::generate_signing_key_pem()?))?;
+    let tokens = token::SessionTokens::from_pem(
+        &key_pem,
+        &plane_uid,
+        cfg.token_issuer.expiration.as_std(),
+    )
+    .with_context(|| format!("session signing key {}", key_path.display()))?;
+
+    let (cert_file, key_file) = match (&cfg.tls, dev) {
+        (Some(t), _) => (t.cert_file.clone(), t.key_file.clone()),
+        (None, true) => {
+            let host = hostname();
+            let (ca, crt, key) = tls::dev_certificate(
+                &state.join("dev-tls"),
+                &["localhost".into(), "127.0.0.1".into(), "::1".into(), host],
+            )?;
+            tracing::warn!(ca = %ca.display(), "--dev: serving a self-signed development certificate; agents must trust this CA");
+            println!("dev CA: {}", ca.display());
+            (crt, key)
+        }
+        (None, false) => bail!(
+            "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
+             (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
+            config_path.display()
+        ),
+    };
+    let tls_cfg = tls::server_config(tls::load_certs(&cert_file)?, tls::load_key(&key_file)?)?;
+
+    let jwt = if cfg.authentication.jwt.issuers.is_empty() {
+        None
+    } else {
+        let v = JwtVerifier::new(&cfg.authentication.jwt.issuers)?;
+        for (issuer, problem) in v.prefetch() {
+            tracing::warn!(%issuer, %problem, "cannot fetch the issuer's keys yet; will retry on first use");
+        }
+        Some(v)
+    };
+    if jwt.is_none() {
+        tracing::warn!("no trusted JWT issuers configured: no platform can onboard");
+    }
+    if cfg.istio_token.is_none() {
+        tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
+    }
+
+    let (store, problems) = FileStore::open(file_store_config(&cfg))?;
+    log_problems(&problems);
+    let _watcher = file::watch(store.clone(), |p| {
+        tracing::info!("config directory changed; reloaded");
+        log_problems(&p);
+    })
+    .context("cannot watch the config directory")?;
+
+    let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone())?;
+    let instance = cfg.instance_name.clone().unwrap_or_else(hostname);
+    let settings = ServiceSettings {
+        plane_uid: plane_uid.clone(),
+        instance: instance.clone(),
+        grace_period: cfg.registration.grace_period.as_std(),
+        propagation_delay: cfg.registration.propagation_delay.as_std(),
+        keep_alive_interval: cfg.registration.keep_alive_interval.as_std(),
+        keep_alive_timeout: cfg.registration.keep_alive_timeout(),
+    };
+    let svc = Arc::new(Service::new(store, settings.clone(), tokens, jwt, renderer));
+    let opts = ServerOptions {
+        max_body_bytes: cfg.server.max_body_bytes,
+        request_timeout: cfg.server.request_timeout.as_std(),
+        handshake_timeout: cfg.server.handshake_timeout.as_std(),
+        max_connections: cfg.server.max_connections,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to learn the port when listening on :0.
+        println!("onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}");
+        tracing::info!(%addr, %plane_uid, %instance, "serving");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let sweeper = {
+            let svc = svc.clone();
+            let every = (settings.keep_alive_timeout / 3)
+                .min(settings.grace_period / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(10));
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = rx.changed() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = svc.sweep().await {
+                        tracing::error!(error = %e, "cleanup pass failed");
+                    }
+                }
+            })
+        };
+        let server = tokio::spawn(server::serve(listener, tls_cfg, svc, opts, rx));
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+        let _ = sweeper.await;
+        let _ = server.await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn log_problems(problems: &[workload_onboarding::store::manifests::Problem]) {
+    for p in problems {
+        if p.is_error {
+            tracing::error!("{p}");
+        } else {
+            tracing::warn!("{p}");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "onboarding-endpoint".into())
+}

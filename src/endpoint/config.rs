@@ -1,0 +1,426 @@
+//! The endpoint's configuration file (`onboarding-endpoint serve --config endpoint.yaml`).
+//! Every field has a production default except the TLS certificate (no silent plain text)
+//! and the store's directories. Relative paths are relative to the config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::duration::Duration;
+use crate::identity::jwt::IssuerConfig;
+use crate::store::file::IstioTokenSource;
+
+pub const API_VERSION: &str = "config.endpoint.onboarding.tetrate.io/v1alpha1";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15443";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    #[serde(default = "kind")]
+    pub kind: String,
+    /// `host:port` to listen on. Default `0.0.0.0:15443`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Shown as `connectedTo` in WARs. Default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    /// The onboarding plane's UID (audience of credentials and session tokens). Generated
+    /// and persisted in the state directory when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plane_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub token_issuer: TokenIssuerConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub authentication: AuthenticationConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub mesh: MeshSettings,
+    #[serde(default)]
+    pub istio_token: Option<IstioTokenSource>,
+    #[serde(default)]
+    pub templates: TemplatesConfig,
+    #[serde(default)]
+    pub server: ServerLimits,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+fn api_version() -> String {
+    API_VERSION.into()
+}
+fn kind() -> String {
+    "EndpointConfiguration".into()
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenIssuerConfig {
+    /// Session token lifetime. Default 1h.
+    #[serde(default = "one_hour")]
+    pub expiration: Duration,
+    /// PKCS#8 P-256 key. Default `<stateDir>/session-signing-key.pem`, generated (0600)
+    /// when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for TokenIssuerConfig {
+    fn default() -> Self {
+        TokenIssuerConfig {
+            expiration: one_hour(),
+            signing_key_file: None,
+        }
+    }
+}
+
+fn one_hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// How long a disconnected agent's WAR and WorkloadEntry survive. Default 5m.
+    #[serde(default = "five_minutes")]
+    pub grace_period: Duration,
+    /// What `unregister` tells the agent to wait before stopping the sidecar. Default 10s.
+    #[serde(default = "ten_seconds")]
+    pub propagation_delay: Duration,
+    /// How often agents send keep-alives. Default 15s.
+    #[serde(default = "fifteen_seconds")]
+    pub keep_alive_interval: Duration,
+    /// No keep-alive for this long marks the agent disconnected. Default 3 intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_timeout: Option<Duration>,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            grace_period: five_minutes(),
+            propagation_delay: ten_seconds(),
+            keep_alive_interval: fifteen_seconds(),
+            keep_alive_timeout: None,
+        }
+    }
+}
+
+impl RegistrationConfig {
+    pub fn keep_alive_timeout(&self) -> std::time::Duration {
+        self.keep_alive_timeout
+            .map(|d| d.as_std())
+            .unwrap_or(self.keep_alive_interval.as_std() * 3)
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn fifteen_seconds() -> Duration {
+    Duration::from_secs(15)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthenticationConfig {
+    #[serde(default)]
+    pub jwt: JwtAuthentication,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtAuthentication {
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreConfig {
+    pub file: FileStoreSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileStoreSettings {
+    /// Manifests read by the endpoint (WorkloadGroup, OnboardingPolicy, Sidecar, ConfigMaps
+    /// `istio` and `istio-ca-root-cert`); re-read on change.
+    pub config_dir: PathBuf,
+    /// Where registrations, the plane UID and the session signing key are kept.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSettings {
+    /// `ISTIO_META_CLUSTER_ID`. Default `Kubernetes` (Istio's default cluster name).
+    #[serde(default = "default_cluster")]
+    pub cluster_id: String,
+    #[serde(default = "default_istio_ns")]
+    pub istio_namespace: String,
+    /// The Istio revision sidecars connect to (`istiod-<rev>`); default revision when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// How VMs reach istiod: the east-west gateway's IP or host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istiod_gateway: Option<String>,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            cluster_id: default_cluster(),
+            istio_namespace: default_istio_ns(),
+            revision: None,
+            istiod_gateway: None,
+        }
+    }
+}
+
+fn default_cluster() -> String {
+    "Kubernetes".into()
+}
+fn default_istio_ns() -> String {
+    "istio-system".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// A directory whose `manifest.yaml` and templates override or add to the built-in ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Largest accepted request body. Default 64 KiB.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: u64,
+    /// A request (headers and body) must complete within this. Default 30s.
+    #[serde(default = "thirty_seconds")]
+    pub request_timeout: Duration,
+    /// A TLS handshake must complete within this. Default 10s.
+    #[serde(default = "ten_seconds")]
+    pub handshake_timeout: Duration,
+    /// Concurrent connections beyond this wait in the kernel backlog. Default 10000.
+    #[serde(default = "default_max_conn")]
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_body_bytes: default_body(),
+            request_timeout: thirty_seconds(),
+            handshake_timeout: ten_seconds(),
+            max_connections: default_max_conn(),
+        }
+    }
+}
+
+fn default_body() -> u64 {
+    64 * 1024
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_conn() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,workload_onboarding=debug`. `RUST_LOG` wins.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Yaml(#[from] crate::yaml::YamlError),
+    #[error("{}: {message}", path.display())]
+    Invalid { message: String, path: PathBuf },
+}
+
+impl EndpointConfig {
+    pub fn load(path: &Path) -> Result<EndpointConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: EndpointConfig = crate::yaml::from_str(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()
+            .map_err(|message| ConfigError::Invalid {
+                message,
+                path: path.to_path_buf(),
+            })?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.cert_file);
+            fix(&mut t.key_file);
+        }
+        if let Some(k) = &mut self.token_issuer.signing_key_file {
+            fix(k);
+        }
+        fix(&mut self.store.file.config_dir);
+        fix(&mut self.store.file.state_dir);
+        if let Some(d) = &mut self.templates.dir {
+            fix(d);
+        }
+        if let Some(t) = &mut self.istio_token
+            && let Some(f) = &mut t.file
+        {
+            fix(f);
+        }
+        for i in &mut self.authentication.jwt.issuers {
+            if let Some(f) = &mut i.jwks_file {
+                fix(f);
+            }
+            if let Some(f) = &mut i.ca_file {
+                fix(f);
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kind != "EndpointConfiguration" {
+            return Err(format!("kind must be EndpointConfiguration, not {:?}", self.kind));
+        }
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("listen: {:?} is not host:port (e.g. 0.0.0.0:15443)", self.listen))?;
+        if self.token_issuer.expiration.as_std() < std::time::Duration::from_secs(60) {
+            return Err("tokenIssuer.expiration: must be at least 1m".into());
+        }
+        let r = &self.registration;
+        if r.keep_alive_interval.as_std().is_zero() {
+            return Err("registration.keepAliveInterval: must be more than 0".into());
+        }
+        if r.keep_alive_timeout() <= r.keep_alive_interval.as_std() {
+            return Err(
+                "registration.keepAliveTimeout: must be longer than keepAliveInterval".into(),
+            );
+        }
+        if let Some(uid) = &self.plane_uid
+            && (uid.is_empty() || uid.len() > 128 || uid.contains(char::is_whitespace))
+        {
+            return Err("planeUid: must be 1-128 characters without spaces".into());
+        }
+        if let Some(t) = &self.istio_token
+            && t.file.is_some()
+            && t.command.is_some()
+        {
+            return Err("istioToken: set file or command, not both".into());
+        }
+        crate::identity::jwt::validate_issuers(&self.authentication.jwt.issuers)
+            .map_err(|e| format!("authentication.jwt.issuers: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("endpoint.yaml");
+        std::fs::write(
+            &p,
+            "store:\n  file: {configDir: config, stateDir: /var/lib/x}\n",
+        )
+        .unwrap();
+        let c = EndpointConfig::load(&p).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.store.file.config_dir, dir.path().join("config"));
+        assert_eq!(c.store.file.state_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(c.registration.grace_period.as_std().as_secs(), 300);
+        assert_eq!(c.registration.keep_alive_timeout().as_secs(), 45);
+        assert_eq!(c.token_issuer.expiration.as_std().as_secs(), 3600);
+    }
+
+    #[test]
+    fn misspelled_field_is_named_with_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("endpoint.yaml");
+        std::fs::write(
+            &p,
+            "store:\n  file: {configDir: c, stateDir: s}\nregistration:\n  gracePeriood: 1m\n",
+        )
+        .unwrap();
+        let e = EndpointConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("gracePeriood") && e.contains("endpoint.yaml:4"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.yaml");
+        std::fs::write(&p, "listen: localhost\nstore:\n  file: {configDir: c, stateDir: s}\n")
+            .unwrap();
+        let e = EndpointConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+}

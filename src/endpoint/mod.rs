@@ -1,0 +1,9 @@
+//! The onboarding endpoint: the HTTPS API agents talk to, backed by a store.
+
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod render;
+pub mod server;
+pub mod service;
+pub mod tls;

@@ -1,0 +1,159 @@
+//! Gathers what a bootstrap render needs from the store and the WAR, then calls the pure
+//! renderer in `crate::bootstrap`. The WorkloadGroup always comes from the WAR's snapshot.
+
+use std::path::Path;
+
+use crate::api::istio::Sidecar;
+use crate::api::meta::Labels;
+use crate::api::protocol::Bootstrap;
+use crate::api::registration::{AddressType, WorkloadAutoRegistration};
+use crate::bootstrap::{self, BootstrapError, BootstrapInput, InstanceIp};
+use crate::endpoint::config::MeshSettings;
+use crate::registration;
+use crate::store::{IstioToken, Store};
+
+pub struct Renderer {
+    templates: bootstrap::Renderer,
+    mesh: MeshSettings,
+    gateway: Option<bootstrap::Gateway>,
+}
+
+impl Renderer {
+    pub fn new(template_dir: Option<&Path>, mesh: MeshSettings) -> Result<Self, BootstrapError> {
+        let gateway = mesh
+            .istiod_gateway
+            .as_deref()
+            .map(bootstrap::parse_gateway)
+            .transpose()?;
+        Ok(Renderer {
+            templates: bootstrap::Renderer::new(template_dir)?,
+            mesh,
+            gateway,
+        })
+    }
+
+    pub fn render<S: Store>(
+        &self,
+        store: &S,
+        war: &WorkloadAutoRegistration,
+        token: &IstioToken,
+    ) -> Result<Bootstrap, BootstrapError> {
+        let ns = &war.metadata.namespace;
+        let reg = &war.spec.registration;
+        let snapshot = &war.spec.workload_group;
+        let mesh_config = store.mesh_config(self.mesh.revision.as_deref());
+        let root_cert = store.root_cert(ns).unwrap_or_default();
+        let agent_labels: Labels = reg
+            .workload
+            .as_ref()
+            .map(|w| w.labels.clone())
+            .unwrap_or_default();
+        let labels = registration::workload_labels(snapshot, reg);
+        let sidecars = store.sidecars(ns);
+        let sidecar = select_sidecar(&sidecars, &labels);
+        let connected_over = reg
+            .settings
+            .as_ref()
+            .and_then(|s| s.connected_over)
+            .unwrap_or_default();
+        let instance_ip = registration::workload_address(reg).ok().map(|ip| match connected_over {
+            AddressType::Vpc => InstanceIp::Internal(ip),
+            AddressType::Internet => InstanceIp::External(ip),
+        });
+        // The sidecar's revision wins over the endpoint's default: the agent knows which
+        // istio-sidecar package is installed.
+        let revision = reg
+            .sidecar
+            .istio
+            .revision
+            .as_deref()
+            .or(self.mesh.revision.as_deref());
+        let mut input = BootstrapInput::new(snapshot);
+        input.mesh_config = &mesh_config;
+        input.root_cert = &root_cert;
+        input.istio_token = &token.token;
+        input.istio_token_expires_at = token.expires_at.map(crate::timestamp::format);
+        input.revision = revision;
+        input.cluster_id = &self.mesh.cluster_id;
+        input.istio_namespace = &self.mesh.istio_namespace;
+        input.instance_ip = instance_ip;
+        input.istiod_gateway = self.gateway.clone();
+        input.agent_labels = &agent_labels;
+        input.workload_entry_name = Some(&war.metadata.name);
+        input.sidecar = sidecar;
+        self.templates.render(&input)
+    }
+}
+
+/// The Sidecar resource that applies to a workload with `labels`: the first (by name) whose
+/// `workloadSelector` matches, else the namespace-wide one without a selector — Istio's rule.
+pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], labels: &Labels) -> Option<&'a Sidecar> {
+    let mut sorted: Vec<&Sidecar> = sidecars.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let selects = |s: &Sidecar| {
+        s.spec.workload_selector.as_ref().is_some_and(|sel| {
+            !sel.labels.is_empty() && sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+    };
+    let unselective = |s: &Sidecar| {
+        s.spec
+            .workload_selector
+            .as_ref()
+            .is_none_or(|sel| sel.labels.is_empty())
+    };
+    sorted
+        .iter()
+        .copied()
+        .find(|s| selects(s))
+        .or_else(|| sorted.iter().copied().find(|s| unselective(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::istio::{SidecarSpec, WorkloadSelector};
+    use crate::api::meta::ObjectMeta;
+
+    fn sc(name: &str, sel: &[(&str, &str)]) -> Sidecar {
+        Sidecar {
+            api_version: "networking.istio.io/v1".into(),
+            kind: "Sidecar".into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            },
+            spec: SidecarSpec {
+                workload_selector: (!sel.is_empty()).then(|| WorkloadSelector {
+                    labels: sel
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn selector_beats_namespace_default() {
+        let all = vec![
+            sc("a-default", &[]),
+            sc("b-vm", &[("app", "ratings"), ("class", "vm")]),
+        ];
+        let l: Labels = [("app", "ratings"), ("class", "vm"), ("version", "v1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(select_sidecar(&all, &l).unwrap().metadata.name, "b-vm");
+        let other: Labels = [("app", "x")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            select_sidecar(&all, &other).unwrap().metadata.name,
+            "a-default"
+        );
+        assert!(select_sidecar(&all[1..], &other).is_none());
+    }
+}

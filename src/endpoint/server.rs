@@ -1,0 +1,320 @@
+//! HTTPS: warp routes served through our own tokio-rustls accept loop (warp 0.4 has no TLS),
+//! with handshake, header and request timeouts, body limits and JSON errors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service as _;
+use warp::{Filter, Rejection, Reply};
+
+use super::metrics::RouteLabels;
+use super::service::Service;
+use crate::api::protocol::{self, ApiError, ErrorCode};
+use crate::store::Store;
+
+/// The client's address, attached to each request by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug)]
+struct Failure(ApiError);
+impl warp::reject::Reject for Failure {}
+
+fn json_reply<T: serde::Serialize>(value: &T, status: StatusCode) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn error_reply(e: &ApiError) -> warp::reply::Response {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_reply(e, status)
+}
+
+fn bearer() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").map(|h: Option<String>| {
+        h.and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(|t| t.trim().to_string())
+        })
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(limit)
+        .and(warp::body::bytes())
+        .and_then(|b: Bytes| async move {
+            serde_json::from_slice::<T>(&b).map_err(|e| {
+                warp::reject::custom(Failure(ApiError {
+                    code: ErrorCode::BadRequest,
+                    message: format!("request body is not valid: {e}"),
+                }))
+            })
+        })
+}
+
+async fn timed<T: serde::Serialize>(
+    metrics: &super::metrics::Metrics,
+    route: &str,
+    started: Instant,
+    result: Result<T, ApiError>,
+) -> Result<warp::reply::Response, Infallible> {
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            route: route.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    Ok(match result {
+        Ok(v) => json_reply(&v, StatusCode::OK),
+        Err(e) => error_reply(&e),
+    })
+}
+
+/// All routes of the API.
+pub fn routes<S: Store>(
+    svc: Arc<Service<S>>,
+    max_body: u64,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let with = {
+        let svc = svc.clone();
+        warp::any().map(move || svc.clone())
+    };
+    let peer = warp::ext::optional::<PeerAddr>();
+
+    let discovery = warp::path!("v1" / "discovery")
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Arc<Service<S>>| json_reply(&s.discovery(), StatusCode::OK));
+
+    let authorize = warp::path!("v1" / "authorize")
+        .and(warp::post())
+        .and(with.clone())
+        .and(peer)
+        .and(json_body::<protocol::AuthorizeRequest>(max_body))
+        .and_then(
+            |s: Arc<Service<S>>, peer: Option<PeerAddr>, req| async move {
+                let t = Instant::now();
+                let r = s.authorize(req, peer.map(|p| p.0.ip())).await;
+                timed(&s.metrics, "authorize", t, r).await
+            },
+        );
+
+    let register = warp::path!("v1" / "register")
+        .and(warp::post())
+        .and(with.clone())
+        .and(bearer())
+        .and(json_body::<protocol::RegisterRequest>(max_body))
+        .and_then(|s: Arc<Service<S>>, b: Option<String>, req| async move {
+            let t = Instant::now();
+            let r = s.register(b.as_deref(), req).await;
+            timed(&s.metrics, "register", t, r).await
+        });
+
+    let keepalive = warp::path!("v1" / "keepalive")
+        .and(warp::post())
+        .and(with.clone())
+        .and(bearer())
+        .and_then(|s: Arc<Service<S>>, b: Option<String>| async move {
+            let t = Instant::now();
+            let r = s.keepalive(b.as_deref()).await;
+            timed(&s.metrics, "keepalive", t, r).await
+        });
+
+    let bootstrap = warp::path!("v1" / "bootstrap")
+        .and(warp::get())
+        .and(with.clone())
+        .and(bearer())
+        .and_then(|s: Arc<Service<S>>, b: Option<String>| async move {
+            let t = Instant::now();
+            let r = s.bootstrap(b.as_deref()).await;
+            timed(&s.metrics, "bootstrap", t, r).await
+        });
+
+    let unregister = warp::path!("v1" / "unregister")
+        .and(warp::post())
+        .and(with.clone())
+        .and(bearer())
+        .and_then(|s: Arc<Service<S>>, b: Option<String>| async move {
+            let t = Instant::now();
+            let r = s.unregister(b.as_deref()).await;
+            timed(&s.metrics, "unregister", t, r).await
+        });
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Arc<Service<S>>| {
+            if s.store.is_ready() {
+                warp::reply::with_status("ready\n", StatusCode::OK).into_response()
+            } else {
+                warp::reply::with_status("store not loaded\n", StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response()
+            }
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with)
+        .map(|s: Arc<Service<S>>| {
+            warp::reply::with_header(
+                s.metrics.encode(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        });
+
+    discovery
+        .or(authorize)
+        .unify()
+        .or(register)
+        .unify()
+        .or(keepalive)
+        .unify()
+        .or(bootstrap)
+        .unify()
+        .or(unregister)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+async fn recover(r: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let e = if let Some(Failure(e)) = r.find() {
+        e.clone()
+    } else if r.is_not_found() {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: "no such API path".into(),
+        }
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError {
+            code: ErrorCode::PayloadTooLarge,
+            message: "request body too large".into(),
+        }
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: "send the body with a Content-Length".into(),
+        }
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: "method not allowed on this path".into(),
+        }
+    } else {
+        ApiError {
+            code: ErrorCode::BadRequest,
+            message: format!("bad request: {r:?}"),
+        }
+    };
+    let status = if r.is_not_found() {
+        StatusCode::NOT_FOUND
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+    };
+    Ok(json_reply(&e, status))
+}
+
+/// Serves `routes` over TLS on `listener` until `shutdown` flips to true.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    svc: Arc<Service<S>>,
+    opts: ServerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let filter = routes(svc, opts.max_body_bytes);
+    let warp_svc = warp::service(filter);
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let warp_svc = warp_svc.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let request_timeout = opts.request_timeout;
+            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let mut inner = warp_svc.clone();
+                async move {
+                    match tokio::time::timeout(request_timeout, inner.call(req)).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(error_reply(&ApiError {
+                            code: ErrorCode::BadRequest,
+                            message: "request took too long".into(),
+                        })),
+                    }
+                }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(opts.request_timeout);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
