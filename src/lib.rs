@@ -4,6 +4,8 @@
 //! `api`, `policy`, `registration`, `bootstrap` and the verifying halves of `identity` decide;
 //! `store`, `endpoint` and `agent` move data in and out.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod api;
 pub mod atomic;
 #[cfg(feature = "endpoint")]
