@@ -9,6 +9,8 @@ pub mod agent;
 pub mod api;
 pub mod atomic;
 #[cfg(feature = "endpoint")]
+pub mod bootstrap;
+#[cfg(feature = "endpoint")]
 pub mod endpoint;
 pub mod identity;
 pub mod policy;

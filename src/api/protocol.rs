@@ -148,8 +148,14 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostsEntry {
+    /// Empty when `resolve` is set.
     pub ip: String,
     pub hostnames: Vec<String>,
+    /// A DNS name the agent resolves on the host to get the address(es) for `hostnames`:
+    /// used when the east-west gateway in front of istiod is known only by a hostname (a
+    /// cloud load balancer whose addresses change), so the endpoint cannot put an IP here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
 }
 
 /// `POST /v1/keepalive` (session token).

@@ -1,0 +1,331 @@
+//! `templates/manifest.yaml`: which files the sidecar gets, from which template, to which path
+//! on the VM, with which mode. Data, not code: an operator directory can replace a built-in
+//! template or add files (a `sidecar.env`, an Envoy bootstrap template for `ISTIO_BOOTSTRAP`)
+//! without a rebuild.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::BootstrapError;
+
+pub const MANIFEST_FILE: &str = "manifest.yaml";
+pub const TEMPLATE_SUFFIX: &str = ".tera";
+
+/// The templates shipped in the binary (templates/ in the repository).
+const BUILTIN_MANIFEST: &str = include_str!("../../templates/manifest.yaml");
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "cluster.env.tera",
+        include_str!("../../templates/cluster.env.tera"),
+    ),
+    (
+        "mesh.yaml.tera",
+        include_str!("../../templates/mesh.yaml.tera"),
+    ),
+    (
+        "root-cert.pem.tera",
+        include_str!("../../templates/root-cert.pem.tera"),
+    ),
+    (
+        "istio-token.tera",
+        include_str!("../../templates/istio-token.tera"),
+    ),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ManifestDoc {
+    files: Vec<FileSpec>,
+}
+
+/// One rendered file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSpec {
+    /// Short unique name: the key an override manifest uses to replace this entry, and the
+    /// file name `onboarding-endpoint render` writes it under.
+    pub name: String,
+    /// Template file name (in the override directory, else built in).
+    pub template: String,
+    /// Absolute path on the VM.
+    pub path: String,
+    /// Permission bits, written as a quoted octal string (`"0644"`).
+    #[serde(deserialize_with = "octal_mode")]
+    pub mode: u32,
+    /// Whether a change to this file needs a sidecar restart.
+    #[serde(default = "yes")]
+    pub restart_on_change: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_mode(&s).map_err(serde::de::Error::custom)
+}
+
+/// `"0644"`, `"644"`, `"0o600"` -> bits; anything else (or bits above 0777) is an error.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    let ok = !digits.is_empty() && digits.len() <= 4 && digits.chars().all(|c| c.is_digit(8));
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if ok && m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "mode {s:?} is not a permission in octal: write it as a quoted string like \"0644\""
+        )),
+    }
+}
+
+/// The manifest and the template sources it refers to, merged from the built-ins and an
+/// optional operator directory.
+#[derive(Debug, Clone)]
+pub struct TemplateSet {
+    pub files: Vec<FileSpec>,
+    /// Template name -> (source text, where it came from: for error messages).
+    pub templates: BTreeMap<String, (String, String)>,
+}
+
+impl TemplateSet {
+    pub fn builtin() -> Result<Self, BootstrapError> {
+        let origin = "templates/manifest.yaml (built in)";
+        let doc = parse_manifest(Path::new(origin), BUILTIN_MANIFEST)?;
+        let templates = BUILTIN_TEMPLATES
+            .iter()
+            .map(|(name, src)| {
+                (
+                    name.to_string(),
+                    (src.to_string(), format!("templates/{name} (built in)")),
+                )
+            })
+            .collect();
+        let set = TemplateSet {
+            files: doc.files,
+            templates,
+        };
+        set.validate(origin)?;
+        Ok(set)
+    }
+
+    /// The built-ins with `dir` laid over them: every `*.tera` in `dir` replaces or adds a
+    /// template; entries of `dir/manifest.yaml` replace the built-in entry with the same
+    /// `name` or are added after them.
+    pub fn with_overrides(dir: &Path) -> Result<Self, BootstrapError> {
+        let mut set = Self::builtin()?;
+        let entries = std::fs::read_dir(dir).map_err(|e| BootstrapError::Templates {
+            file: dir.to_path_buf(),
+            message: format!("cannot read the template directory: {e}"),
+        })?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| BootstrapError::Templates {
+                file: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for name in names.iter().filter(|n| n.ends_with(TEMPLATE_SUFFIX)) {
+            let path = dir.join(name);
+            let src = std::fs::read_to_string(&path).map_err(|e| BootstrapError::Templates {
+                file: path.clone(),
+                message: format!("cannot read template: {e}"),
+            })?;
+            set.templates
+                .insert(name.clone(), (src, path.display().to_string()));
+        }
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if names.iter().any(|n| n == MANIFEST_FILE) {
+            let text =
+                std::fs::read_to_string(&manifest_path).map_err(|e| BootstrapError::Templates {
+                    file: manifest_path.clone(),
+                    message: format!("cannot read: {e}"),
+                })?;
+            let doc = parse_manifest(&manifest_path, &text)?;
+            for spec in doc.files {
+                match set.files.iter_mut().find(|f| f.name == spec.name) {
+                    Some(existing) => *existing = spec,
+                    None => set.files.push(spec),
+                }
+            }
+        }
+        set.validate(&manifest_path.display().to_string())?;
+        Ok(set)
+    }
+
+    fn validate(&self, manifest: &str) -> Result<(), BootstrapError> {
+        let err = |message: String| BootstrapError::Templates {
+            file: PathBuf::from(manifest),
+            message,
+        };
+        let mut names = Vec::new();
+        let mut paths = Vec::new();
+        for f in &self.files {
+            if f.name.is_empty() || f.name.contains('/') || f.name == "." || f.name == ".." {
+                return Err(err(format!(
+                    "file name {:?} must be a plain file name (it is also the name `render` writes)",
+                    f.name
+                )));
+            }
+            if names.contains(&&f.name) {
+                return Err(err(format!("file name {:?} is listed twice", f.name)));
+            }
+            names.push(&f.name);
+            let p = Path::new(&f.path);
+            if !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+                || f.path.ends_with('/')
+            {
+                return Err(err(format!(
+                    "file {:?}: path {:?} must be an absolute file path without `.` or `..`",
+                    f.name, f.path
+                )));
+            }
+            if paths.contains(&&f.path) {
+                return Err(err(format!(
+                    "file {:?}: path {:?} is used by another file",
+                    f.name, f.path
+                )));
+            }
+            paths.push(&f.path);
+            if !self.templates.contains_key(&f.template) {
+                return Err(err(format!(
+                    "file {:?}: template {:?} is neither in the template directory nor built in",
+                    f.name, f.template
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_manifest(file: &Path, text: &str) -> Result<ManifestDoc, BootstrapError> {
+    crate::yaml::from_str(file, text).map_err(|e| BootstrapError::Templates {
+        file: file.to_path_buf(),
+        message: match e.line {
+            Some(l) => format!("line {l}: {}", e.message),
+            None => e.message,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_manifest_is_valid() {
+        let set = TemplateSet::builtin().unwrap();
+        let names: Vec<_> = set.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["cluster.env", "mesh.yaml", "root-cert.pem", "istio-token"]
+        );
+        let token = set.files.iter().find(|f| f.name == "istio-token").unwrap();
+        assert_eq!(token.mode, 0o600);
+        assert!(!token.restart_on_change);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o755"), Ok(0o755));
+        assert!(parse_mode("0688").is_err());
+        assert!(parse_mode("1777").is_err());
+        assert!(parse_mode("").is_err());
+        assert!(parse_mode("rw-r--r--").is_err());
+    }
+
+    fn overrides(manifest: &str, files: &[(&str, &str)]) -> Result<TemplateSet, BootstrapError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest).unwrap();
+        for (n, c) in files {
+            std::fs::write(dir.path().join(n), c).unwrap();
+        }
+        let r = TemplateSet::with_overrides(dir.path());
+        r.map_err(|e| {
+            // Error messages name the file; strip the temp dir for stable assertions.
+            BootstrapError::Templates {
+                file: PathBuf::from(
+                    e.to_string()
+                        .replace(&dir.path().display().to_string(), "DIR"),
+                ),
+                message: String::new(),
+            }
+        })
+    }
+
+    #[test]
+    fn manifest_errors_name_the_file() {
+        let e = overrides(
+            "files:\n- name: sidecar.env\n  template: sidecar.env.tera\n  path: /var/lib/istio/envoy/sidecar.env\n  mdoe: \"0644\"\n",
+            &[("sidecar.env.tera", "X=1\n")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("DIR/manifest.yaml"), "{e}");
+        assert!(e.contains("line 5") && e.contains("mdoe"), "{e}");
+
+        let e = overrides(
+            "files:\n- name: sidecar.env\n  template: missing.tera\n  path: /var/lib/istio/envoy/sidecar.env\n  mode: \"0644\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("DIR/manifest.yaml") && e.contains("missing.tera"),
+            "{e}"
+        );
+
+        let e = overrides(
+            "files:\n- name: sidecar.env\n  template: s.tera\n  path: /x\n  mode: \"0999\"\n",
+            &[("s.tera", "")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("DIR/manifest.yaml") && e.contains("0999"), "{e}");
+
+        let e = overrides(
+            "files:\n- name: extra\n  template: s.tera\n  path: /etc/istio/config/mesh\n  mode: \"0644\"\n",
+            &[("s.tera", "")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("used by another file"), "{e}");
+
+        let e = overrides(
+            "files:\n- name: extra\n  template: s.tera\n  path: relative/path\n  mode: \"0644\"\n",
+            &[("s.tera", "")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn override_replaces_by_name_and_adds() {
+        let set = overrides(
+            "files:\n- name: istio-token\n  template: istio-token.tera\n  path: /var/lib/istio/tokens/istio-token\n  mode: \"0600\"\n  restartOnChange: false\n- name: sidecar.env\n  template: sidecar.env.tera\n  path: /var/lib/istio/envoy/sidecar.env\n  mode: \"0644\"\n",
+            &[("sidecar.env.tera", "X=1\n"), ("mesh.yaml.tera", "custom")],
+        )
+        .unwrap();
+        let names: Vec<_> = set.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "cluster.env",
+                "mesh.yaml",
+                "root-cert.pem",
+                "istio-token",
+                "sidecar.env"
+            ]
+        );
+        assert_eq!(set.files[3].path, "/var/lib/istio/tokens/istio-token");
+        assert_eq!(set.templates["mesh.yaml.tera"].0, "custom");
+    }
+}

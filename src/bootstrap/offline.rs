@@ -1,0 +1,231 @@
+//! `onboarding-endpoint render`: the offline equivalent of `istioctl x workload entry
+//! configure -f workloadgroup.yaml -o DIR`. Reads the inputs from files and flags, renders with
+//! the same code the endpoint uses, and writes each file into DIR under its manifest name,
+//! plus `hosts`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use super::{
+    BootstrapInput, DEFAULT_CLUSTER_ID, DEFAULT_ISTIO_NAMESPACE, InstanceIp, InterceptionMode,
+    Renderer, hosts_file, parse_gateway,
+};
+use crate::api::istio::{WorkloadGroup, is_networking_api_version};
+use crate::api::meta::Labels;
+use crate::api::registration::WorkloadGroupSnapshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InterceptionArg {
+    /// No iptables: explicit Sidecar listeners only (workload onboarding's mode).
+    None,
+    /// iptables REDIRECT, like istioctl's output.
+    Redirect,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// The WorkloadGroup YAML.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// The mesh config: a MeshConfig YAML (what ConfigMap `istio`, key `mesh`, holds), or that
+    /// ConfigMap itself.
+    #[arg(long = "mesh-config")]
+    pub mesh_config: Option<PathBuf>,
+    /// Istio control-plane revision (`default` or empty means none).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// `ISTIO_META_CLUSTER_ID`.
+    #[arg(long = "cluster-id", default_value = DEFAULT_CLUSTER_ID)]
+    pub cluster_id: String,
+    /// The workload's address inside the network (`ISTIO_SVC_IP`).
+    #[arg(long = "internal-ip", conflicts_with = "external_ip")]
+    pub internal_ip: Option<String>,
+    /// The workload's public address (`ISTIO_SVC_IP`; probes then go to localhost).
+    #[arg(long = "external-ip")]
+    pub external_ip: Option<String>,
+    /// The east-west gateway in front of istiod: an IP, or a DNS name the agent resolves.
+    #[arg(long = "ingress-ip")]
+    pub ingress_ip: Option<String>,
+    /// The mesh's root certificate (PEM), copied verbatim.
+    #[arg(long = "root-cert")]
+    pub root_cert: Option<PathBuf>,
+    /// The istio-token (a service-account JWT with audience istio-ca), copied verbatim.
+    #[arg(long)]
+    pub token: Option<PathBuf>,
+    #[arg(long = "istio-namespace", default_value = DEFAULT_ISTIO_NAMESPACE)]
+    pub istio_namespace: String,
+    /// Trust domain when the mesh config sets none (default cluster.local).
+    #[arg(long = "trust-domain")]
+    pub trust_domain: Option<String>,
+    /// A directory whose manifest.yaml and *.tera override or add to the built-in templates.
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    #[arg(long = "interception-mode", value_enum, default_value = "none")]
+    pub interception_mode: InterceptionArg,
+}
+
+pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    let wg = read_workload_group(&args.file)?;
+    let mesh = match &args.mesh_config {
+        Some(p) => read_mesh_config(p)?,
+        None => Value::Null,
+    };
+    let root_cert = read_optional(args.root_cert.as_deref(), "root certificate")?;
+    let token = read_optional(args.token.as_deref(), "istio-token")?;
+    let instance_ip = match (&args.internal_ip, &args.external_ip) {
+        (Some(_), Some(_)) => bail!("--internal-ip and --external-ip are mutually exclusive"),
+        (Some(ip), None) => Some(InstanceIp::Internal(ip.clone())),
+        (None, Some(ip)) => Some(InstanceIp::External(ip.clone())),
+        (None, None) => None,
+    };
+    let gateway = args
+        .ingress_ip
+        .as_deref()
+        .map(parse_gateway)
+        .transpose()
+        .context("--ingress-ip")?;
+    let renderer = Renderer::new(args.templates.as_deref())?;
+    let labels = Labels::new();
+    let mut input = BootstrapInput::new(&wg);
+    input.mesh_config = &mesh;
+    input.root_cert = &root_cert;
+    input.istio_token = &token;
+    input.revision = args.revision.as_deref();
+    input.cluster_id = &args.cluster_id;
+    input.istio_namespace = &args.istio_namespace;
+    input.trust_domain = args.trust_domain.as_deref();
+    input.instance_ip = instance_ip;
+    input.istiod_gateway = gateway;
+    input.agent_labels = &labels;
+    input.interception_mode = match args.interception_mode {
+        InterceptionArg::None => InterceptionMode::None,
+        InterceptionArg::Redirect => InterceptionMode::Redirect,
+    };
+    let bootstrap = renderer.render(&input)?;
+    for (spec, file) in renderer.files().iter().zip(&bootstrap.files) {
+        let dest = args.output.join(&spec.name);
+        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode)?;
+    }
+    crate::atomic::write_file(
+        &args.output.join("hosts"),
+        hosts_file(&bootstrap.hosts).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the {what} from {}", p.display())),
+        None => Ok(String::new()),
+    }
+}
+
+/// Reads a WorkloadGroup file. Like istioctl, an empty `serviceAccount` means `default`
+/// (the renderer applies that).
+pub fn read_workload_group(path: &Path) -> anyhow::Result<WorkloadGroupSnapshot> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the WorkloadGroup {}", path.display()))?;
+    let wg: WorkloadGroup = crate::yaml::from_str(path, &text)?;
+    if wg.kind != "WorkloadGroup" {
+        bail!(
+            "{}: kind is {:?}, expected WorkloadGroup",
+            path.display(),
+            wg.kind
+        );
+    }
+    if !is_networking_api_version(&wg.api_version) {
+        bail!(
+            "{}: apiVersion {:?} is not networking.istio.io/v1, v1beta1 or v1alpha3",
+            path.display(),
+            wg.api_version
+        );
+    }
+    if wg.metadata.name.is_empty() || wg.metadata.namespace.is_empty() {
+        bail!(
+            "{}: metadata.name and metadata.namespace are required",
+            path.display()
+        );
+    }
+    Ok(WorkloadGroupSnapshot {
+        name: wg.metadata.name,
+        namespace: wg.metadata.namespace,
+        uid: wg.metadata.uid,
+        resource_version: wg.metadata.resource_version,
+        generation: wg.metadata.generation,
+        labels: wg.metadata.labels,
+        annotations: wg.metadata.annotations,
+        spec: wg.spec,
+        taken_at: String::new(),
+    })
+}
+
+/// A MeshConfig YAML, or a ConfigMap holding one under `data.mesh`.
+pub fn read_mesh_config(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the mesh config {}", path.display()))?;
+    parse_mesh_config(path, &text)
+}
+
+pub fn parse_mesh_config(path: &Path, text: &str) -> anyhow::Result<Value> {
+    let v: Value = crate::yaml::from_str(path, text)?;
+    let is_configmap = v.get("kind").and_then(Value::as_str) == Some("ConfigMap");
+    if !is_configmap {
+        return match v {
+            Value::Null | Value::Object(_) => Ok(v),
+            _ => bail!("{}: a mesh config must be a YAML map", path.display()),
+        };
+    }
+    let Some(mesh) = v.pointer("/data/mesh") else {
+        bail!("{}: ConfigMap has no data.mesh", path.display());
+    };
+    let Some(mesh) = mesh.as_str() else {
+        bail!("{}: ConfigMap data.mesh must be a string", path.display());
+    };
+    let inner = PathBuf::from(format!("{} (data.mesh)", path.display()));
+    let parsed: Value = crate::yaml::from_str(&inner, mesh)?;
+    match parsed {
+        Value::Null | Value::Object(_) => Ok(parsed),
+        _ => bail!("{}: data.mesh must hold a YAML map", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_config_from_configmap_or_plain() {
+        let p = Path::new("m.yaml");
+        let plain = parse_mesh_config(p, "trustDomain: a.example\n").unwrap();
+        assert_eq!(plain["trustDomain"], "a.example");
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\ndata:\n  mesh: |-\n    trustDomain: b.example\n    defaultConfig:\n      discoveryAddress: x:15012\n";
+        let v = parse_mesh_config(p, cm).unwrap();
+        assert_eq!(v["trustDomain"], "b.example");
+        assert_eq!(v["defaultConfig"]["discoveryAddress"], "x:15012");
+        assert!(parse_mesh_config(p, "kind: ConfigMap\ndata: {}\n").is_err());
+        assert!(parse_mesh_config(p, "- a\n").is_err());
+    }
+
+    #[test]
+    fn workload_group_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wg.yaml");
+        std::fs::write(
+            &p,
+            "kind: WorkloadGroup\nmetadata:\n  name: a\n  namespace: b\nspec:\n  template:\n    serviceAcount: x\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_workload_group(&p).unwrap_err());
+        assert!(
+            err.contains("wg.yaml:7") && err.contains("serviceAcount"),
+            "{err}"
+        );
+    }
+}
