@@ -154,8 +154,9 @@ pub fn go_json_string_map(map: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", body.join(","))
 }
 
-/// `ISTIO_META_POD_PORTS`: `[{"name":..,"containerPort":..}]` sorted by name (`model.PodPort`,
-/// whose `name` is omitted when empty).
+/// `ISTIO_META_POD_PORTS`: `json.Marshal([]model.PodPort)` sorted by name. `PodPort` omits an
+/// empty `name` but always writes `protocol` (empty here), as istioctl's own
+/// `TestWorkloadEntryToPodPortsMeta` expects.
 pub fn pod_ports_json(ports: &BTreeMap<String, u32>) -> Option<String> {
     if ports.is_empty() {
         return None;
@@ -163,14 +164,12 @@ pub fn pod_ports_json(ports: &BTreeMap<String, u32>) -> Option<String> {
     let items: Vec<String> = ports
         .iter()
         .map(|(name, port)| {
-            if name.is_empty() {
-                format!("{{\"containerPort\":{port}}}")
+            let name = if name.is_empty() {
+                String::new()
             } else {
-                format!(
-                    "{{\"name\":{},\"containerPort\":{port}}}",
-                    go_json_string(name)
-                )
-            }
+                format!("\"name\":{},", go_json_string(name))
+            };
+            format!("{{{name}\"containerPort\":{port},\"protocol\":\"\"}}")
         })
         .collect();
     Some(format!("[{}]", items.join(",")))
@@ -736,7 +735,7 @@ mod tests {
             [("http".to_string(), 8080), ("grpc".to_string(), 9090)].into();
         assert_eq!(
             pod_ports_json(&ports).unwrap(),
-            "[{\"name\":\"grpc\",\"containerPort\":9090},{\"name\":\"http\",\"containerPort\":8080}]"
+            "[{\"name\":\"grpc\",\"containerPort\":9090,\"protocol\":\"\"},{\"name\":\"http\",\"containerPort\":8080,\"protocol\":\"\"}]"
         );
     }
 
