@@ -1,0 +1,285 @@
+//! Golden files for our own templates (templates/, plus an operator override directory).
+//!
+//! Each directory under testdata/golden/bootstrap/ (except `common`) is a case: `case.yaml`
+//! holds the render parameters, other inputs sit beside it or in `common/`, and `expected/`
+//! holds what the endpoint would send the agent: one file per manifest entry (named by the
+//! entry's `name`) and `bootstrap.json` with paths, modes, restart flags and hosts entries.
+//!
+//! After an intended change to the templates or the renderer, regenerate and review the diff:
+//!
+//!     UPDATE_GOLDEN=1 cargo test --test bootstrap_golden
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use workload_onboarding::api::istio::Sidecar;
+use workload_onboarding::api::meta::Labels;
+use workload_onboarding::api::protocol::Bootstrap;
+use workload_onboarding::bootstrap::offline::{read_mesh_config, read_workload_group};
+use workload_onboarding::bootstrap::{
+    BootstrapInput, InstanceIp, InterceptionMode, Renderer, parse_gateway,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CaseSpec {
+    revision: Option<String>,
+    istio_namespace: Option<String>,
+    cluster_id: Option<String>,
+    mesh_config: Option<String>,
+    internal_ip: Option<String>,
+    external_ip: Option<String>,
+    gateway: Option<String>,
+    #[serde(default)]
+    agent_labels: Labels,
+    workload_entry: Option<String>,
+    sidecar: Option<String>,
+    templates: Option<String>,
+    #[serde(default)]
+    redirect: bool,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/bootstrap")
+}
+
+fn render_case(dir: &Path) -> Bootstrap {
+    let spec_path = dir.join("case.yaml");
+    let spec: CaseSpec = workload_onboarding::yaml::from_str(
+        &spec_path,
+        &std::fs::read_to_string(&spec_path).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let common = root().join("common");
+    let wg = read_workload_group(&common.join("workloadgroup.yaml")).unwrap();
+    let mesh_path = match &spec.mesh_config {
+        Some(f) => dir.join(f),
+        None => common.join("mesh.yaml"),
+    };
+    let mesh: Value = read_mesh_config(&mesh_path).unwrap();
+    let root_cert = std::fs::read_to_string(common.join("root-cert.pem")).unwrap();
+    let token = std::fs::read_to_string(common.join("istio-token")).unwrap();
+    let sidecar: Option<Sidecar> = spec.sidecar.as_ref().map(|f| {
+        let p = dir.join(f);
+        workload_onboarding::yaml::from_str(&p, &std::fs::read_to_string(&p).unwrap())
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    let renderer = Renderer::new(spec.templates.as_ref().map(|t| dir.join(t)).as_deref())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut input = BootstrapInput::new(&wg);
+    input.mesh_config = &mesh;
+    input.root_cert = &root_cert;
+    input.istio_token = &token;
+    input.istio_token_expires_at = Some("2026-03-01T13:00:00Z".into());
+    input.revision = spec.revision.as_deref();
+    if let Some(ns) = &spec.istio_namespace {
+        input.istio_namespace = ns;
+    }
+    if let Some(c) = &spec.cluster_id {
+        input.cluster_id = c;
+    }
+    input.instance_ip = match (&spec.internal_ip, &spec.external_ip) {
+        (Some(ip), _) => Some(InstanceIp::Internal(ip.clone())),
+        (None, Some(ip)) => Some(InstanceIp::External(ip.clone())),
+        (None, None) => None,
+    };
+    input.istiod_gateway = spec.gateway.as_deref().map(|g| parse_gateway(g).unwrap());
+    input.agent_labels = &spec.agent_labels;
+    input.workload_entry_name = spec.workload_entry.as_deref();
+    input.sidecar = sidecar.as_ref();
+    if spec.redirect {
+        input.interception_mode = InterceptionMode::Redirect;
+    }
+    renderer.render(&input).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The case's expected directory contents: file name -> bytes.
+fn expected_files(dir: &Path, bootstrap: &Bootstrap) -> BTreeMap<String, String> {
+    let renderer_names: Vec<String> = {
+        let spec: CaseSpec = workload_onboarding::yaml::from_str(
+            &dir.join("case.yaml"),
+            &std::fs::read_to_string(dir.join("case.yaml")).unwrap(),
+        )
+        .unwrap();
+        Renderer::new(spec.templates.as_ref().map(|t| dir.join(t)).as_deref())
+            .unwrap()
+            .files()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    let mut index = Vec::new();
+    for (name, file) in renderer_names.iter().zip(&bootstrap.files) {
+        out.insert(name.clone(), file.content.clone());
+        index.push(json!({
+            "name": name,
+            "path": file.path,
+            "mode": format!("{:04o}", file.mode),
+            "restartOnChange": file.restart_on_change,
+        }));
+    }
+    let meta = json!({
+        "files": index,
+        "hosts": bootstrap.hosts,
+        "istioTokenExpiresAt": bootstrap.istio_token_expires_at,
+    });
+    out.insert(
+        "bootstrap.json".into(),
+        format!("{}\n", serde_json::to_string_pretty(&meta).unwrap()),
+    );
+    out
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "common"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn golden_files() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let all = cases();
+    assert!(all.len() >= 6, "cases: {all:?}");
+    let mut failures = Vec::new();
+    for dir in all {
+        let case = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let bootstrap = render_case(&dir);
+        let want = expected_files(&dir, &bootstrap);
+        let expected_dir = dir.join("expected");
+        if update {
+            let _ = std::fs::remove_dir_all(&expected_dir);
+            std::fs::create_dir_all(&expected_dir).unwrap();
+            for (name, content) in &want {
+                std::fs::write(expected_dir.join(name), content).unwrap();
+            }
+            continue;
+        }
+        let mut have = BTreeMap::new();
+        match std::fs::read_dir(&expected_dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e.unwrap();
+                    have.insert(
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap(),
+                    );
+                }
+            }
+            Err(e) => failures.push(format!("{case}: no expected/ ({e})")),
+        }
+        for (name, content) in &want {
+            match have.get(name) {
+                Some(h) if h == content => {}
+                Some(h) => failures.push(format!(
+                    "{case}/expected/{name} differs\n--- expected\n{h}\n--- rendered\n{content}"
+                )),
+                None => failures.push(format!("{case}/expected/{name} is missing")),
+            }
+        }
+        for name in have.keys().filter(|n| !want.contains_key(*n)) {
+            failures.push(format!("{case}/expected/{name} is not rendered any more"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nIf the change is intended: UPDATE_GOLDEN=1 cargo test --test bootstrap_golden",
+        failures.join("\n\n")
+    );
+}
+
+/// Properties the goldens are meant to show, asserted directly so that a careless golden
+/// update cannot hide them.
+#[test]
+fn golden_cases_show_what_they_claim() {
+    let env_of = |b: &Bootstrap| {
+        b.files
+            .iter()
+            .find(|f| f.path == "/var/lib/istio/envoy/cluster.env")
+            .unwrap()
+            .content
+            .clone()
+    };
+    let plain = render_case(&root().join("plain"));
+    let env = env_of(&plain);
+    assert!(env.contains("\nISTIO_META_INTERCEPTION_MODE='NONE'\n"));
+    assert!(env.contains("\nISTIO_META_WORKLOAD_ENTRY='ratings-aws-"));
+    assert!(env.contains("\nISTIO_META_DNS_AUTO_ALLOCATE='true'\n"));
+    assert_eq!(plain.hosts.len(), 1);
+    assert_eq!(plain.hosts[0].ip, "10.0.0.100");
+
+    let rev = render_case(&root().join("revisioned"));
+    let env = env_of(&rev);
+    assert!(
+        env.contains("\nCA_ADDR='istiod-1-22-3.istio-mesh.svc:15012'\n"),
+        "{env}"
+    );
+    assert!(env.contains("\nTRUST_DOMAIN='corp.example'\n"), "{env}");
+    assert_eq!(rev.hosts[0].hostnames, vec!["istiod-1-22-3.istio-mesh.svc"]);
+    let mesh = &rev.files[1].content;
+    assert!(mesh.contains("  discoveryAddress: istiod-1-22-3.istio-mesh.svc:15012\n"));
+
+    let labels = render_case(&root().join("agent-labels"));
+    let env = env_of(&labels);
+    assert!(env.contains("\"app\":\"ratings\""), "{env}");
+    assert!(env.contains("\"version\":\"v1\""), "{env}");
+    assert!(
+        env.contains("\"topology.example/zone\":\"us-east-2b\""),
+        "{env}"
+    );
+    assert!(env.contains("\nCANONICAL_SERVICE='ratings'\n"), "{env}");
+
+    let egress = render_case(&root().join("egress-sidecar"));
+    let hosts: Vec<(String, Vec<String>)> = egress
+        .hosts
+        .iter()
+        .map(|h| (h.ip.clone(), h.hostnames.clone()))
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            ("10.0.0.100".into(), vec!["istiod.istio-system.svc".into()]),
+            (
+                "127.0.0.2".into(),
+                vec![
+                    "details.bookinfo.svc".into(),
+                    "reviews.bookinfo.svc.cluster.local".into()
+                ]
+            ),
+            ("127.0.0.1".into(), vec!["mysql.foo.com".into()]),
+        ]
+    );
+    assert!(env_of(&egress).contains("\nREWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION='true'\n"));
+
+    let hostname = render_case(&root().join("hostname-gateway"));
+    assert_eq!(
+        hostname.hosts[0].resolve.as_deref(),
+        Some("eastwest-1234.elb.example")
+    );
+
+    let ov = render_case(&root().join("operator-override"));
+    let paths: Vec<&str> = ov.files.iter().map(|f| f.path.as_str()).collect();
+    assert!(paths.contains(&"/var/lib/istio/envoy/sidecar.env"));
+    let bootstrap_tmpl = ov
+        .files
+        .iter()
+        .find(|f| f.path == "/var/lib/istio/envoy/custom_bootstrap_tmpl.json")
+        .unwrap();
+    // Go template syntax reaches the VM untouched.
+    assert!(bootstrap_tmpl.content.contains("\"id\": \"{{ .nodeID }}\""));
+    let token = ov
+        .files
+        .iter()
+        .find(|f| f.path == "/var/run/secrets/tokens/istio-token")
+        .unwrap();
+    assert!(token.content.ends_with('\n'));
+    assert_eq!(token.mode, 0o600);
+}
