@@ -16,6 +16,11 @@ pub mod jwt;
 #[cfg(feature = "agent")]
 pub mod plugin;
 
+// Cloud platforms (issue 4): each module holds the agent half and the endpoint half.
+pub mod aws;
+#[cfg(feature = "endpoint")]
+pub mod cms;
+
 /// What a verifier needs to know about the request, besides the credential.
 #[derive(Debug, Clone)]
 pub struct VerifyContext {
