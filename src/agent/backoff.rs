@@ -44,7 +44,11 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let span = (ceiling - half).as_nanos() as u64;
-        let jitter = if span == 0 { 0 } else { self.next_rand() % (span + 1) };
+        let jitter = if span == 0 {
+            0
+        } else {
+            self.next_rand() % (span + 1)
+        };
         half + Duration::from_nanos(jitter)
     }
 

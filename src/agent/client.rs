@@ -123,7 +123,10 @@ pub fn transport(
     let tls = ts.tls.unwrap_or_default();
     let mut extra_roots = Vec::new();
     if let Some(pem) = env_root_certs {
-        extra_roots.push((format!("${}", super::config::ENV_ROOT_CERTS), pem.to_string()));
+        extra_roots.push((
+            format!("${}", super::config::ENV_ROOT_CERTS),
+            pem.to_string(),
+        ));
     }
     if let Some(ca) = &tls.ca_file {
         let pem = std::fs::read_to_string(ca).map_err(|e| {
@@ -171,7 +174,10 @@ pub fn parse_certs(origin: &str, pem: &str) -> Result<Vec<Certificate<'static>>,
 
 fn system_roots() -> Option<(String, Vec<Certificate<'static>>)> {
     let from_env = std::env::var("SSL_CERT_FILE").ok();
-    let candidates = from_env.iter().map(String::as_str).chain(SYSTEM_BUNDLES.iter().copied());
+    let candidates = from_env
+        .iter()
+        .map(String::as_str)
+        .chain(SYSTEM_BUNDLES.iter().copied());
     for path in candidates {
         if let Ok(pem) = std::fs::read_to_string(Path::new(path))
             && let Ok(certs) = parse_certs(path, &pem)
@@ -220,7 +226,9 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("base_url", &self.base_url).finish()
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .finish()
     }
 }
 
@@ -314,15 +322,21 @@ impl Client {
     }
 
     pub fn keep_alive(&self, token: &str) -> Result<KeepAliveResponse, ClientError> {
-        self.post("keep-alive", PATH_KEEPALIVE, Some(token), &serde_json::json!({}))
+        self.post_empty("keep-alive", PATH_KEEPALIVE, token)
     }
 
     pub fn bootstrap(&self, token: &str) -> Result<Bootstrap, ClientError> {
-        self.post("bootstrap", PATH_BOOTSTRAP, Some(token), &serde_json::json!({}))
+        let url = format!("{}{PATH_BOOTSTRAP}", self.base_url);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", format!("Bearer {token}"))
+            .call();
+        self.finish("bootstrap", &url, resp)
     }
 
     pub fn unregister(&self, token: &str) -> Result<UnregisterResponse, ClientError> {
-        self.post("unregistration", PATH_UNREGISTER, Some(token), &serde_json::json!({}))
+        self.post_empty("unregistration", PATH_UNREGISTER, token)
     }
 
     fn post<B: Serialize, R: DeserializeOwned>(
@@ -338,6 +352,21 @@ impl Client {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
         let resp = req.send_json(body);
+        self.finish(what, &url, resp)
+    }
+
+    fn post_empty<R: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        token: &str,
+    ) -> Result<R, ClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", format!("Bearer {token}"))
+            .send_empty();
         self.finish(what, &url, resp)
     }
 
@@ -445,9 +474,16 @@ mod tests {
             }),
             none: None,
         };
-        let e = transport(&ep("h.example", Some(ts)), None).unwrap_err().to_string();
-        assert!(e.contains("tls.caFile") && e.contains("/nonexistent/ca.pem"), "{e}");
-        let e = parse_certs("$ONBOARDING_AGENT_ROOT_CERTS", "garbage").unwrap_err().to_string();
+        let e = transport(&ep("h.example", Some(ts)), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls.caFile") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = parse_certs("$ONBOARDING_AGENT_ROOT_CERTS", "garbage")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("$ONBOARDING_AGENT_ROOT_CERTS"), "{e}");
     }
 
@@ -467,9 +503,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(gone.code(), Some(ErrorCode::RegistrationGone));
-        assert!(gone.to_string().contains("registration_gone: deleted"), "{gone}");
-        let html = decode::<KeepAliveResponse>("keep-alive", 502, "<html>bad gateway</html>")
-            .unwrap_err();
+        assert!(
+            gone.to_string().contains("registration_gone: deleted"),
+            "{gone}"
+        );
+        let html =
+            decode::<KeepAliveResponse>("keep-alive", 502, "<html>bad gateway</html>").unwrap_err();
         assert!(matches!(html, ClientError::Unexpected { status: 502, .. }));
         let bad = decode::<KeepAliveResponse>("keep-alive", 200, "{}").unwrap_err();
         assert!(matches!(bad, ClientError::Unexpected { status: 200, .. }));

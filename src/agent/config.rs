@@ -64,10 +64,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{origin}: the onboarding configuration is missing; create it (see docs/agent.md) or set ${ENV_ONBOARDING_CONFIG}"
-    )]
-    Missing { origin: Origin },
+    #[error("{origin}: the file is missing; {hint}")]
+    Missing { origin: Origin, hint: &'static str },
     #[error("{0}")]
     Yaml(#[from] YamlError),
     #[error("{origin}: {field}: {message}")]
@@ -126,18 +124,22 @@ pub struct Request {
 pub fn load(req: &Request, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
     let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
-    let (onboarding_origin, onboarding_text) = match (&req.onboarding_config, env_nonempty(ENV_ONBOARDING_CONFIG)) {
-        (Some(p), _) => (Origin::File(p.clone()), read_required(p)?),
-        (None, Some(text)) => (Origin::Env(ENV_ONBOARDING_CONFIG), text),
-        (None, None) => {
-            let p = PathBuf::from(DEFAULT_ONBOARDING_CONFIG);
-            (Origin::File(p.clone()), read_required(&p)?)
-        }
-    };
+    let (onboarding_origin, onboarding_text) =
+        match (&req.onboarding_config, env_nonempty(ENV_ONBOARDING_CONFIG)) {
+            (Some(p), _) => (Origin::File(p.clone()), read_required(p, ONBOARDING_HINT)?),
+            (None, Some(text)) => (Origin::Env(ENV_ONBOARDING_CONFIG), text),
+            (None, None) => {
+                let p = PathBuf::from(DEFAULT_ONBOARDING_CONFIG);
+                (Origin::File(p.clone()), read_required(&p, ONBOARDING_HINT)?)
+            }
+        };
     let onboarding = parse_onboarding(&onboarding_origin, &onboarding_text)?;
 
     let (agent_origin, agent_text) = match (&req.agent_config, env_nonempty(ENV_AGENT_CONFIG)) {
-        (Some(p), _) => (Some(Origin::File(p.clone())), Some(read_required(p)?)),
+        (Some(p), _) => (
+            Some(Origin::File(p.clone())),
+            Some(read_required(p, AGENT_HINT)?),
+        ),
         (None, Some(text)) => (Some(Origin::Env(ENV_AGENT_CONFIG)), Some(text)),
         (None, None) => {
             let p = PathBuf::from(DEFAULT_AGENT_CONFIG);
@@ -167,11 +169,15 @@ pub fn load(req: &Request, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
     })
 }
 
-fn read_required(path: &Path) -> Result<String, ConfigError> {
+const ONBOARDING_HINT: &str =
+    "create the OnboardingConfiguration there (see docs/agent.md) or set $ONBOARDING_CONFIG";
+const AGENT_HINT: &str = "create the AgentConfiguration there or leave out --agent-config";
+
+fn read_required(path: &Path, hint: &'static str) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| {
         let origin = Origin::File(path.to_path_buf());
         if source.kind() == std::io::ErrorKind::NotFound {
-            ConfigError::Missing { origin }
+            ConfigError::Missing { origin, hint }
         } else {
             ConfigError::Read { origin, source }
         }
@@ -181,11 +187,14 @@ fn read_required(path: &Path) -> Result<String, ConfigError> {
 /// Reads and validates an onboarding configuration file (used again when it changes).
 pub fn load_onboarding_file(path: &Path) -> Result<OnboardingConfiguration, ConfigError> {
     let origin = Origin::File(path.to_path_buf());
-    let text = read_required(path)?;
+    let text = read_required(path, ONBOARDING_HINT)?;
     parse_onboarding(&origin, &text)
 }
 
-pub fn parse_onboarding(origin: &Origin, text: &str) -> Result<OnboardingConfiguration, ConfigError> {
+pub fn parse_onboarding(
+    origin: &Origin,
+    text: &str,
+) -> Result<OnboardingConfiguration, ConfigError> {
     if yaml::documents(text).is_empty() {
         return Err(field_err(
             "onboardingEndpoint",
@@ -341,12 +350,18 @@ pub fn validate_agent(cfg: &AgentConfiguration) -> Result<(), FieldError> {
                         "host info plugins are not supported yet; use hostinfo.basic",
                     ));
                 }
-                if let Some(ni) = hi.basic.as_ref().and_then(|b| b.network_interfaces.as_ref()) {
+                if let Some(ni) = hi
+                    .basic
+                    .as_ref()
+                    .and_then(|b| b.network_interfaces.as_ref())
+                {
                     for (list, patterns) in [("include", &ni.include), ("exclude", &ni.exclude)] {
                         for (i, p) in patterns.iter().enumerate() {
                             if let Err(e) = regex::Regex::new(p) {
                                 return Err(field_err(
-                                    format!("host.custom.hostinfo.basic.networkInterfaces.{list}[{i}]"),
+                                    format!(
+                                        "host.custom.hostinfo.basic.networkInterfaces.{list}[{i}]"
+                                    ),
                                     format!("invalid regular expression {p:?}: {e}"),
                                 ));
                             }
@@ -463,7 +478,10 @@ fn check_type_meta(api_version: &str, kind: &str, want_kind: &str) -> Result<(),
 
 /// A hostname or an IP address (IPv6 with or without brackets).
 pub fn is_valid_host(s: &str) -> bool {
-    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
     bare.parse::<std::net::IpAddr>().is_ok() || is_valid_dns_name(s)
 }
 
@@ -485,7 +503,8 @@ pub fn is_valid_dns_name(s: &str) -> bool {
 fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -497,7 +516,8 @@ fn is_dns1123_subdomain(s: &str) -> bool {
 fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             && v.as_bytes()[0].is_ascii_alphanumeric()
             && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
 }
@@ -560,7 +580,12 @@ impl Loaded {
             .sidecar
             .as_ref()
             .and_then(|s| s.restart_command.clone())
-            .unwrap_or_else(|| DEFAULT_RESTART_COMMAND.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| {
+                DEFAULT_RESTART_COMMAND
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
     }
 
     /// Exponential backoff bounds for every retry (endpoint calls and plugin calls).
@@ -623,7 +648,9 @@ settings:
 ";
 
     fn origin() -> Origin {
-        Origin::File(PathBuf::from("/etc/onboarding-agent/onboarding.config.yaml"))
+        Origin::File(PathBuf::from(
+            "/etc/onboarding-agent/onboarding.config.yaml",
+        ))
     }
 
     fn err_of(text: &str) -> String {
@@ -671,21 +698,41 @@ settings:
     #[test]
     fn invalid_values_name_the_field() {
         let cases = [
-            (GOOD.replace("host: onboarding.example", "host: https://x:1"), "onboardingEndpoint.host"),
-            (GOOD.replace("namespace: bookinfo", "namespace: Book_Info"), "workloadGroup.namespace"),
-            (GOOD.replace("name: ratings", "name: ''"), "workloadGroup.name"),
-            (GOOD.replace("{version: v5}", "{version: 'bad value'}"), "workload.labels.version"),
             (
-                GOOD.replace("host: onboarding.example", "host: a.example\n  transportSecurity: {tls: {}, none: {}}"),
+                GOOD.replace("host: onboarding.example", "host: https://x:1"),
+                "onboardingEndpoint.host",
+            ),
+            (
+                GOOD.replace("namespace: bookinfo", "namespace: Book_Info"),
+                "workloadGroup.namespace",
+            ),
+            (
+                GOOD.replace("name: ratings", "name: ''"),
+                "workloadGroup.name",
+            ),
+            (
+                GOOD.replace("{version: v5}", "{version: 'bad value'}"),
+                "workload.labels.version",
+            ),
+            (
+                GOOD.replace(
+                    "host: onboarding.example",
+                    "host: a.example\n  transportSecurity: {tls: {}, none: {}}",
+                ),
                 "onboardingEndpoint.transportSecurity",
             ),
             (GOOD.replace("v1alpha1\nkind", "v9\nkind"), "apiVersion"),
-            (GOOD.replace("kind: OnboardingConfiguration", "kind: AgentConfiguration"), "kind"),
+            (
+                GOOD.replace("kind: OnboardingConfiguration", "kind: AgentConfiguration"),
+                "kind",
+            ),
         ];
         for (text, field) in cases {
             let e = err_of(&text);
             assert!(
-                e.starts_with(&format!("/etc/onboarding-agent/onboarding.config.yaml: {field}: ")),
+                e.starts_with(&format!(
+                    "/etc/onboarding-agent/onboarding.config.yaml: {field}: "
+                )),
                 "{field}: {e}"
             );
         }
@@ -721,19 +768,27 @@ settings:
 
         let e = agent_err("host:\n  custom:\n    credential: []\n");
         assert!(e.starts_with("agent.yaml: host.custom.credential: "), "{e}");
-        let e = agent_err("host:\n  custom:\n    credential:\n    - {file: /a, plugin: {name: x}}\n");
+        let e =
+            agent_err("host:\n  custom:\n    credential:\n    - {file: /a, plugin: {name: x}}\n");
         assert!(e.contains("host.custom.credential[0]: set either"), "{e}");
         let e = agent_err("host:\n  custom:\n    credential:\n    - plugin: {name: ''}\n");
         assert!(e.contains("host.custom.credential[0].plugin.name"), "{e}");
-        let e = agent_err("host:\n  custom:\n    credential: [{file: /a}]\n    hostinfo: {basic: {networkInterfaces: {include: ['(']}}}\n");
-        assert!(e.contains("networkInterfaces.include[0]: invalid regular expression"), "{e}");
+        let e = agent_err(
+            "host:\n  custom:\n    credential: [{file: /a}]\n    hostinfo: {basic: {networkInterfaces: {include: ['(']}}}\n",
+        );
+        assert!(
+            e.contains("networkInterfaces.include[0]: invalid regular expression"),
+            "{e}"
+        );
         let e = agent_err("host: {auto: {}, custom: {credential: [{file: /a}]}}\n");
         assert!(e.contains("host: set exactly one"), "{e}");
         let e = agent_err("sidecar: {istio: {revision: Canary}}\n");
         assert!(e.contains("sidecar.istio.revision"), "{e}");
         let e = agent_err("sidecar: {restartCommand: []}\n");
         assert!(e.contains("sidecar.restartCommand"), "{e}");
-        let e = agent_err("settings: {connection: {retryPolicy: {exponentialBackoff: {initialInterval: 10s, maxInterval: 1s}}}}\n");
+        let e = agent_err(
+            "settings: {connection: {retryPolicy: {exponentialBackoff: {initialInterval: 10s, maxInterval: 1s}}}}\n",
+        );
         assert!(e.contains("maxInterval"), "{e}");
         let e = agent_err("settings: {connection: {timeout: 3x}}\n");
         assert!(e.starts_with("agent.yaml:1: "), "{e}");
@@ -745,16 +800,16 @@ settings:
         let file = dir.path().join("onboarding.yaml");
         std::fs::write(&file, GOOD).unwrap();
         let env: HashMap<&str, String> = HashMap::from([
-            (
-                ENV_ONBOARDING_CONFIG,
-                GOOD.replace("ratings", "from-env"),
-            ),
+            (ENV_ONBOARDING_CONFIG, GOOD.replace("ratings", "from-env")),
             (ENV_ROOT_CERTS, "PEM".to_string()),
         ]);
         let lookup = |k: &str| env.get(k).cloned();
         let from_env = load(&Request::default(), &lookup).unwrap();
         assert_eq!(from_env.onboarding.workload_group.name, "from-env");
-        assert_eq!(from_env.onboarding_origin, Origin::Env(ENV_ONBOARDING_CONFIG));
+        assert_eq!(
+            from_env.onboarding_origin,
+            Origin::Env(ENV_ONBOARDING_CONFIG)
+        );
         assert_eq!(from_env.env_root_certs.as_deref(), Some("PEM"));
         assert!(from_env.watched_file().is_none());
 
@@ -785,7 +840,12 @@ settings:
             agent_config: Some(PathBuf::from("/nonexistent/agent.yaml")),
         };
         let e = load(&req, &|_| None).unwrap_err().to_string();
-        assert!(e.starts_with("/nonexistent/agent.yaml: "), "{e}");
+        assert!(
+            e.starts_with(
+                "/nonexistent/agent.yaml: the file is missing; create the AgentConfiguration"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -44,10 +44,11 @@ impl CredentialProvider for JwtFile {
     }
 
     fn credential(&self, _audience: &str) -> Result<Credential, CredentialError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| CredentialError::ReadFile {
-            path: self.path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|source| CredentialError::ReadFile {
+                path: self.path.clone(),
+                source,
+            })?;
         let token = text.trim();
         if !looks_like_jwt(token) {
             return Err(CredentialError::NotAJwt {
@@ -72,7 +73,9 @@ pub fn looks_like_jwt(s: &str) -> bool {
 }
 
 /// The providers for the configured sources, in order.
-pub fn providers(sources: &[CredentialSource]) -> Result<Vec<Box<dyn CredentialProvider>>, CredentialError> {
+pub fn providers(
+    sources: &[CredentialSource],
+) -> Result<Vec<Box<dyn CredentialProvider>>, CredentialError> {
     if sources.is_empty() {
         return Err(CredentialError::NoneConfigured);
     }
@@ -85,7 +88,8 @@ pub fn providers(sources: &[CredentialSource]) -> Result<Vec<Box<dyn CredentialP
         } else if let Some(plugin) = &s.plugin {
             return Err(CredentialError::Plugin {
                 name: plugin.name.clone(),
-                message: "credential plugins are not available in this build yet; use `file:`".into(),
+                message: "credential plugins are not available in this build yet; use `file:`"
+                    .into(),
             });
         }
     }
@@ -162,7 +166,10 @@ mod tests {
         let (c, from) = obtain(&ps, "uid").unwrap();
         assert_eq!(c.kind(), "jwt");
         assert!(from.ends_with("good"), "{from}");
-        assert!(matches!(providers(&[]), Err(CredentialError::NoneConfigured)));
+        assert!(matches!(
+            providers(&[]),
+            Err(CredentialError::NoneConfigured)
+        ));
     }
 
     #[test]

@@ -21,9 +21,7 @@ pub const ALLOWED_DIRS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    #[error(
-        "the endpoint sent a file path {path:?} that the agent will not write: {reason}"
-    )]
+    #[error("the endpoint sent a file path {path:?} that the agent will not write: {reason}")]
     BadPath { path: String, reason: String },
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -180,9 +178,18 @@ mod tests {
     #[test]
     fn change_detection() {
         assert_eq!(change_needed(None, b"a", 0o644), Change::Content);
-        assert_eq!(change_needed(Some((b"a", 0o100644)), b"a", 0o644), Change::None);
-        assert_eq!(change_needed(Some((b"a", 0o100600)), b"a", 0o644), Change::Mode);
-        assert_eq!(change_needed(Some((b"b", 0o100644)), b"a", 0o644), Change::Content);
+        assert_eq!(
+            change_needed(Some((b"a", 0o100644)), b"a", 0o644),
+            Change::None
+        );
+        assert_eq!(
+            change_needed(Some((b"a", 0o100600)), b"a", 0o644),
+            Change::Mode
+        );
+        assert_eq!(
+            change_needed(Some((b"b", 0o100644)), b"a", 0o644),
+            Change::Content
+        );
     }
 
     #[test]

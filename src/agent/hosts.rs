@@ -17,7 +17,9 @@ pub enum HostsError {
         "{path}: line {line} opens the onboarding-agent block but it is never closed by {END_MARKER:?}; fix the file by hand (the agent will not guess which lines are its own)"
     )]
     Unclosed { path: String, line: usize },
-    #[error("{path}: {END_MARKER:?} at line {line} without a block opening before it; fix the file by hand")]
+    #[error(
+        "{path}: {END_MARKER:?} at line {line} without a block opening before it; fix the file by hand"
+    )]
     Unopened { path: String, line: usize },
     #[error("cannot read {path}: {source}")]
     Read {
@@ -136,26 +138,28 @@ pub fn apply(path: &str, existing: &str, block: &[String]) -> Result<String, Hos
     while i < lines.len() {
         let line = lines[i];
         if !found && is_begin(line) {
-            let end = lines[i + 1..]
-                .iter()
-                .position(|l| is_end(l))
-                .ok_or(HostsError::Unclosed {
-                    path: path.into(),
-                    line: i + 1,
-                })?;
+            let end =
+                lines[i + 1..]
+                    .iter()
+                    .position(|l| is_end(l))
+                    .ok_or(HostsError::Unclosed {
+                        path: path.into(),
+                        line: i + 1,
+                    })?;
             found = true;
             i += end + 2;
             continue;
         }
         if is_begin(line) {
             // A second block: drop it as well, it can only be ours from an older run.
-            let end = lines[i + 1..]
-                .iter()
-                .position(|l| is_end(l))
-                .ok_or(HostsError::Unclosed {
-                    path: path.into(),
-                    line: i + 1,
-                })?;
+            let end =
+                lines[i + 1..]
+                    .iter()
+                    .position(|l| is_end(l))
+                    .ok_or(HostsError::Unclosed {
+                        path: path.into(),
+                        line: i + 1,
+                    })?;
             i += end + 2;
             continue;
         }
@@ -192,7 +196,10 @@ pub fn apply(path: &str, existing: &str, block: &[String]) -> Result<String, Hos
 }
 
 /// Rewrites the block in the hosts file at `path`. Returns whether the file changed.
-pub fn update_file(path: &Path, entries: &[HostsEntry]) -> Result<(bool, Vec<Rejected>), HostsError> {
+pub fn update_file(
+    path: &Path,
+    entries: &[HostsEntry],
+) -> Result<(bool, Vec<Rejected>), HostsError> {
     let shown = path.display().to_string();
     let (existing, mode) = match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -231,11 +238,15 @@ mod tests {
         }
     }
 
-    const USER: &str = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# my comment\n10.0.0.9 db.internal\n";
+    const USER: &str =
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# my comment\n10.0.0.9 db.internal\n";
 
     #[test]
     fn appends_then_replaces_in_place_then_removes() {
-        let (block, _) = render_block(&[entry("127.0.0.2", &["reviews.bookinfo.svc", "details.bookinfo"])]);
+        let (block, _) = render_block(&[entry(
+            "127.0.0.2",
+            &["reviews.bookinfo.svc", "details.bookinfo"],
+        )]);
         let once = apply("h", USER, &block).unwrap();
         assert!(once.starts_with(USER), "{once}");
         assert!(once.ends_with(&format!(
@@ -250,7 +261,9 @@ mod tests {
         let twice = apply("h", &edited, &block2).unwrap();
         assert_eq!(
             twice,
-            format!("{USER}{BEGIN_MARKER}\n127.0.0.2 ratings.bookinfo\n{END_MARKER}\n192.168.0.1 printer\n")
+            format!(
+                "{USER}{BEGIN_MARKER}\n127.0.0.2 ratings.bookinfo\n{END_MARKER}\n192.168.0.1 printer\n"
+            )
         );
 
         let removed = apply("h", &twice, &[]).unwrap();
@@ -295,7 +308,10 @@ mod tests {
         let entries = vec![entry("127.0.0.2", &["a.example"]), gw];
         let lookup = |name: &str| -> std::io::Result<Vec<std::net::IpAddr>> {
             assert_eq!(name, "eastwest.example");
-            Ok(vec!["2001:db8::1".parse().unwrap(), "203.0.113.7".parse().unwrap()])
+            Ok(vec![
+                "2001:db8::1".parse().unwrap(),
+                "203.0.113.7".parse().unwrap(),
+            ])
         };
         let resolved = resolve_entries(&entries, lookup).unwrap();
         let ips: Vec<_> = resolved.iter().map(|e| e.ip.as_str()).collect();
@@ -306,7 +322,10 @@ mod tests {
             Err(std::io::Error::other("NXDOMAIN"))
         };
         let e = resolve_entries(&entries, failing).unwrap_err();
-        assert!(e.contains("eastwest.example") && e.contains("NXDOMAIN"), "{e}");
+        assert!(
+            e.contains("eastwest.example") && e.contains("NXDOMAIN"),
+            "{e}"
+        );
         // The real resolver knows localhost.
         assert!(!system_lookup("localhost").unwrap().is_empty());
     }

@@ -100,7 +100,12 @@ impl Subscriber for StderrLogger {
             now.second(),
             now.millisecond()
         );
-        let line = format_line(&time, event.metadata().level(), &fields.message, &fields.rest);
+        let line = format_line(
+            &time,
+            event.metadata().level(),
+            &fields.message,
+            &fields.rest,
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

@@ -127,12 +127,11 @@ impl Daemon {
             .as_ref()
             .map(|o| o.to_string())
             .unwrap_or_else(|| format!("{} (not present)", config::DEFAULT_AGENT_CONFIG));
-        let providers = credential::providers(cfg.credential_sources()).map_err(|e| {
-            StartError::Config {
+        let providers =
+            credential::providers(cfg.credential_sources()).map_err(|e| StartError::Config {
                 origin: agent_origin.clone(),
                 detail: format!("host.custom.credential: {e}"),
-            }
-        })?;
+            })?;
         let (include, exclude) = cfg.interface_filters();
         let filters = Filters::new(&include, &exclude).map_err(|e| StartError::Config {
             origin: agent_origin.clone(),
@@ -208,7 +207,10 @@ impl Daemon {
     }
 
     fn failed(&mut self, what: &str, e: &AgentError, retry_in: Duration) {
-        warn!("{what} failed: {e}; retrying in {:.1}s", retry_in.as_secs_f64());
+        warn!(
+            "{what} failed: {e}; retrying in {:.1}s",
+            retry_in.as_secs_f64()
+        );
         self.state.set_error(format!("{what}: {e}"));
         if self.session.is_some() {
             self.state.phase = Phase::Reconnecting;
@@ -294,7 +296,11 @@ impl Daemon {
         info!(
             "registered as {} ({}); keep-alive every {}s",
             reg.registration,
-            if reg.reused { "existing registration reused" } else { "new registration" },
+            if reg.reused {
+                "existing registration reused"
+            } else {
+                "new registration"
+            },
             reg.keep_alive.interval_seconds
         );
         let refresh_bootstrap_at = self.apply_bootstrap(&reg.bootstrap)?;
@@ -322,7 +328,9 @@ impl Daemon {
         match crate::timestamp::parse(expires_at) {
             Some(t) => renewal_delay(SystemTime::now(), t),
             None => {
-                warn!("the endpoint sent an unreadable expiry {expires_at:?}; renewing in a minute");
+                warn!(
+                    "the endpoint sent an unreadable expiry {expires_at:?}; renewing in a minute"
+                );
                 Duration::from_secs(60)
             }
         }
@@ -365,8 +373,7 @@ impl Daemon {
             self.restart_sidecar();
         }
         self.save_state();
-        Ok(b
-            .istio_token_expires_at
+        Ok(b.istio_token_expires_at
             .as_deref()
             .map(|t| Instant::now() + self.renewal_in(t)))
     }
@@ -400,12 +407,18 @@ impl Daemon {
         if renew_due && let Err(e) = self.renew_token() {
             self.handle_failure("session token renewal", e, |s, at| s.renew_token_at = at);
         }
-        if refresh_due && self.session.is_some() && let Err(e) = self.refresh_bootstrap() {
+        if refresh_due
+            && self.session.is_some()
+            && let Err(e) = self.refresh_bootstrap()
+        {
             self.handle_failure("istio-token refresh", e, |s, at| {
                 s.refresh_bootstrap_at = Some(at)
             });
         }
-        if keep_alive_due && self.session.is_some() && let Err(e) = self.keep_alive() {
+        if keep_alive_due
+            && self.session.is_some()
+            && let Err(e) = self.keep_alive()
+        {
             self.handle_failure("keep-alive", e, |s, at| s.next_keep_alive = at);
         }
         if self.session.is_some() && self.state.restart_pending {
@@ -501,7 +514,10 @@ impl Daemon {
         self.backoff.reset();
         let mut changed = false;
         if self.state.phase != Phase::Connected {
-            info!("connected to the onboarding endpoint again ({})", resp.connected_to);
+            info!(
+                "connected to the onboarding endpoint again ({})",
+                resp.connected_to
+            );
             self.state.phase = Phase::Connected;
             self.state.connected_since = Some(crate::timestamp::now());
             changed = true;
@@ -527,7 +543,9 @@ impl Daemon {
         let new = match config::load_onboarding_file(&path) {
             Ok(n) => n,
             Err(e) => {
-                warn!("the onboarding config changed but is not valid; keeping the previous one: {e}");
+                warn!(
+                    "the onboarding config changed but is not valid; keeping the previous one: {e}"
+                );
                 self.state.set_error(format!("config change ignored: {e}"));
                 self.save_state();
                 return;
@@ -542,7 +560,9 @@ impl Daemon {
         let client = match build_client(&next_cfg) {
             Ok(c) => c,
             Err(e) => {
-                warn!("the onboarding config changed but its TLS settings are not usable; keeping the previous one: {e}");
+                warn!(
+                    "the onboarding config changed but its TLS settings are not usable; keeping the previous one: {e}"
+                );
                 self.state.set_error(format!("config change ignored: {e}"));
                 self.save_state();
                 return;
@@ -581,9 +601,8 @@ impl Daemon {
         if let Some(s) = self.session.take() {
             match self.client.unregister(&s.token) {
                 Ok(r) => {
-                    let delay = Duration::from_secs_f64(
-                        r.propagation_delay_seconds.clamp(0.0, 600.0),
-                    );
+                    let delay =
+                        Duration::from_secs_f64(r.propagation_delay_seconds.clamp(0.0, 600.0));
                     info!(
                         "unregistered {}; waiting {:.1}s for the mesh to stop sending traffic",
                         s.registration,
@@ -608,14 +627,19 @@ impl Daemon {
 }
 
 fn build_client(cfg: &Loaded) -> Result<Client, ClientError> {
-    let t = client::transport(&cfg.onboarding.onboarding_endpoint, cfg.env_root_certs.as_deref())?;
+    let t = client::transport(
+        &cfg.onboarding.onboarding_endpoint,
+        cfg.env_root_certs.as_deref(),
+    )?;
     if t.insecure_skip_verify {
         warn!(
             "!!! onboardingEndpoint.transportSecurity.tls.insecureSkipVerify is set: the endpoint's certificate is NOT verified, anyone on the network path can impersonate it. Never use this in production. !!!"
         );
     }
     if t.plain_text {
-        warn!("onboardingEndpoint.transportSecurity.none is set: talking to the endpoint in plain text");
+        warn!(
+            "onboardingEndpoint.transportSecurity.none is set: talking to the endpoint in plain text"
+        );
     }
     Client::new(&t)
 }
@@ -629,13 +653,19 @@ fn endpoint_name(cfg: &Loaded) -> String {
 fn remove_stale_temps(root: &Path, b: &Bootstrap) {
     let mut seen = BTreeSet::new();
     for f in &b.files {
-        let Ok(target) = files::target_path(root, &f.path) else { continue };
-        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else { continue };
+        let Ok(target) = files::target_path(root, &f.path) else {
+            continue;
+        };
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            continue;
+        };
         let prefix = format!(".{}.tmp.", name.to_string_lossy());
         if !seen.insert((dir.to_path_buf(), prefix.clone())) {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::fs::remove_file(entry.path());
@@ -660,7 +690,10 @@ mod tests {
             Duration::from_secs(8)
         );
         // Already expired: renew now.
-        assert_eq!(renewal_delay(now, now - Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(
+            renewal_delay(now, now - Duration::from_secs(5)),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -107,18 +107,28 @@ mod tests {
     fn success_failure_and_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls");
-        restart(&sh(&format!("echo restarted >> {}", log.display())), RESTART_TIMEOUT).unwrap();
+        restart(
+            &sh(&format!("echo restarted >> {}", log.display())),
+            RESTART_TIMEOUT,
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "restarted\n");
 
         let e = restart(&sh("echo unit not found >&2; exit 5"), RESTART_TIMEOUT).unwrap_err();
         let shown = e.to_string();
-        assert!(shown.contains("unit not found") && shown.contains("5"), "{shown}");
+        assert!(
+            shown.contains("unit not found") && shown.contains("5"),
+            "{shown}"
+        );
 
         let e = restart(&sh("sleep 5"), Duration::from_millis(200)).unwrap_err();
         assert!(matches!(e, RestartError::Timeout { .. }), "{e}");
 
         let e = restart(&["/nonexistent/systemctl".into()], RESTART_TIMEOUT).unwrap_err();
         assert!(matches!(e, RestartError::Spawn { .. }), "{e}");
-        assert!(matches!(restart(&[], RESTART_TIMEOUT), Err(RestartError::Empty)));
+        assert!(matches!(
+            restart(&[], RESTART_TIMEOUT),
+            Err(RestartError::Empty)
+        ));
     }
 }

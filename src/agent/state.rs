@@ -2,8 +2,8 @@
 //! which `onboarding-agent status` prints. It also carries `restartPending`, so that an agent
 //! killed between writing the files and restarting the sidecar restarts it on its next run.
 
-use std::path::Path;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use crate::atomic;
 
@@ -72,7 +72,9 @@ pub struct State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read the state file {path}: {source} (is the agent running with this --state-file?)")]
+    #[error(
+        "cannot read the state file {path}: {source} (is the agent running with this --state-file?)"
+    )]
     Read {
         path: String,
         #[source]
@@ -174,10 +176,19 @@ mod tests {
         let back = State::load(&path).unwrap();
         assert_eq!(back, s);
         let shown = back.render();
-        assert!(shown.contains("registration (war)       bookinfo/ratings-abc\n"), "{shown}");
-        assert!(shown.contains("phase                    connected\n"), "{shown}");
+        assert!(
+            shown.contains("registration (war)       bookinfo/ratings-abc\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("phase                    connected\n"),
+            "{shown}"
+        );
         assert!(shown.contains("session token expires    -\n"), "{shown}");
-        assert!(shown.contains("last error               endpoint unreachable (at "), "{shown}");
+        assert!(
+            shown.contains("last error               endpoint unreachable (at "),
+            "{shown}"
+        );
         // The JSON uses camelCase keys (for scripts reading it).
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(raw.contains("\"restartPending\": true"), "{raw}");
@@ -190,7 +201,9 @@ mod tests {
         let e = State::load(&missing).unwrap_err().to_string();
         assert!(e.contains("none.json"), "{e}");
         std::fs::write(dir.path().join("bad.json"), "{").unwrap();
-        let e = State::load(&dir.path().join("bad.json")).unwrap_err().to_string();
+        let e = State::load(&dir.path().join("bad.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.json") && e.contains("not valid"), "{e}");
         assert!(State::load_previous(&missing).is_none());
     }

@@ -33,7 +33,10 @@ pub fn watch(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let wrap = |source| WatchError {
         dir: dir.clone(),
         source,
@@ -62,7 +65,10 @@ mod tests {
     #[test]
     fn relevance() {
         let name = OsString::from("onboarding.config.yaml");
-        assert!(is_relevant(Path::new("/etc/oa/onboarding.config.yaml"), &name));
+        assert!(is_relevant(
+            Path::new("/etc/oa/onboarding.config.yaml"),
+            &name
+        ));
         assert!(is_relevant(Path::new("/etc/oa/..data"), &name));
         assert!(!is_relevant(Path::new("/etc/oa/agent.config.yaml"), &name));
     }

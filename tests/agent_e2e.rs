@@ -1,0 +1,765 @@
+//! The agent end to end: the real `onboarding-agent` binary against the real
+//! `onboarding-endpoint` binary over real TLS on loopback (test CA from rcgen), JWT
+//! credentials signed with the test keys, the embedded file store, the agent's root prefix in
+//! a temporary directory and the sidecar restart pointed at a script that records each call.
+
+#[path = "support/endpoint.rs"]
+mod endpoint;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use endpoint::{Endpoint, NS, Options, read, vm_jwt};
+
+const WAR: &str = "ratings-jwt-corp-vm-0001";
+const CLUSTER_ENV: &str = "var/lib/istio/envoy/cluster.env";
+const TOKEN: &str = "var/run/secrets/tokens/istio-token";
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One agent process with its own root, configs, state file and restart log.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+struct AgentSetup<'a> {
+    group: &'a str,
+    subject: &'a str,
+    extra_agent_config: &'a str,
+}
+
+impl Default for AgentSetup<'_> {
+    fn default() -> Self {
+        AgentSetup {
+            group: "ratings",
+            subject: "vm-0001",
+            extra_agent_config: "",
+        }
+    }
+}
+
+fn onboarding_config(ep: &Endpoint, ca: &Path, group: &str) -> String {
+    format!(
+        "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
+kind: OnboardingConfiguration
+onboardingEndpoint:
+  host: 127.0.0.1
+  port: {port}
+  transportSecurity:
+    tls: {{caFile: {ca}}}
+workloadGroup: {{namespace: {NS}, name: {group}}}
+workload:
+  labels: {{version: v5}}
+",
+        port = ep.port(),
+        ca = ca.display()
+    )
+}
+
+impl Agent {
+    fn prepare(ep: &Endpoint, setup: AgentSetup) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("etc/onboarding-agent")).unwrap();
+        std::fs::create_dir_all(p.join("root/etc")).unwrap();
+        std::fs::write(
+            p.join("root/etc/hosts"),
+            "127.0.0.1 localhost\n# user line\n",
+        )
+        .unwrap();
+        std::fs::write(p.join("ca.pem"), &ep.ca_pem).unwrap();
+        std::fs::write(p.join("jwt"), vm_jwt(setup.subject, &ep.plane_uid)).unwrap();
+        let restart = p.join("restart-sidecar.sh");
+        std::fs::write(
+            &restart,
+            format!(
+                "#!/bin/sh\necho restarted >> {}\n",
+                p.join("restarts.log").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&restart, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            p.join("etc/onboarding-agent/onboarding.config.yaml"),
+            onboarding_config(ep, &p.join("ca.pem"), setup.group),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("etc/onboarding-agent/agent.config.yaml"),
+            format!(
+                "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
+kind: AgentConfiguration
+host:
+  custom:
+    credential:
+    - file: {jwt}
+    hostinfo:
+      basic:
+        networkInterfaces: {{include: ['^lo$']}}
+settings:
+  connection:
+    retryPolicy:
+      exponentialBackoff: {{initialInterval: 100ms, maxInterval: 500ms}}
+{extra}",
+                jwt = p.join("jwt").display(),
+                extra = setup.extra_agent_config
+            ),
+        )
+        .unwrap();
+        Agent {
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    fn start(ep: &Endpoint, setup: AgentSetup) -> Agent {
+        let mut a = Agent::prepare(ep, setup);
+        a.spawn();
+        a
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn root_file(&self, rel: &str) -> PathBuf {
+        self.path("root").join(rel)
+    }
+
+    fn spawn(&mut self) {
+        let p = self.dir.path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+            .arg("--onboarding-config")
+            .arg(p.join("etc/onboarding-agent/onboarding.config.yaml"))
+            .arg("--agent-config")
+            .arg(p.join("etc/onboarding-agent/agent.config.yaml"))
+            .arg("--root")
+            .arg(p.join("root"))
+            .arg("--state-file")
+            .arg(p.join("state/state.json"))
+            .arg("--restart-command")
+            .arg(p.join("restart-sidecar.sh"))
+            .env("ONBOARDING_AGENT_LOG", "debug")
+            .env_remove("ONBOARDING_CONFIG")
+            .env_remove("AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start onboarding-agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn restarts(&self) -> usize {
+        std::fs::read_to_string(self.path("restarts.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.path("state/state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn wait_phase(&self, phase: &str, timeout: Duration) {
+        let start = Instant::now();
+        while self.state()["phase"] != phase {
+            if start.elapsed() > timeout {
+                panic!(
+                    "agent never reached phase {phase}; state {}\nlog:\n{}",
+                    self.state(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent did not exit in {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn write_onboarding_config(&self, text: &str) {
+        // Replace by rename, as editors and config management do.
+        let p = self.path("etc/onboarding-agent/onboarding.config.yaml");
+        let tmp = self.path("etc/onboarding-agent/.edit.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn war_table(ep: &Endpoint) -> String {
+    let (ok, out, err) = ep.cli(&["get", "war", "-A"]);
+    assert!(ok, "get war: {err}");
+    out
+}
+
+fn war_connected(ep: &Endpoint, name: &str) -> Option<String> {
+    war_table(ep)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+}
+
+/// Adds a second WorkloadGroup that the test policy also admits (label app=ratings).
+fn add_group(ep: &Endpoint, name: &str, service_account: &str) {
+    std::fs::write(
+        ep.path(&format!("config/{name}.yaml")),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: {name}
+  namespace: bookinfo
+  labels: {{app: ratings}}
+spec:
+  metadata:
+    labels: {{app: ratings}}
+  template:
+    labels: {{app: ratings, class: vm}}
+    serviceAccount: {service_account}
+    network: vm-network
+    ports: {{http: 8080}}
+"
+        ),
+    )
+    .unwrap();
+}
+
+fn fast_endpoint() -> Endpoint {
+    Endpoint::start(Options {
+        grace: "5m",
+        keep_alive_interval: "1s",
+        keep_alive_timeout: "3s",
+        token_expiration: "1h",
+    })
+}
+
+#[test]
+fn onboards_writes_files_reconnects_without_restart_and_unregisters_on_sigterm() {
+    let mut ep = fast_endpoint();
+    let t0 = Instant::now();
+    let mut agent = Agent::start(&ep, AgentSetup::default());
+    agent.wait_phase("connected", Duration::from_secs(20));
+    let onboard_time = t0.elapsed();
+
+    // The sidecar's files, at the istio-sidecar package's paths, with Istio's modes.
+    let cluster_env = read(&agent.root_file(CLUSTER_ENV));
+    assert!(cluster_env.contains("ratings"), "{cluster_env}");
+    for (rel, mode) in [
+        (CLUSTER_ENV, 0o644),
+        ("etc/istio/config/mesh", 0o644),
+        ("etc/certs/root-cert.pem", 0o644),
+        (TOKEN, 0o600),
+    ] {
+        let meta = std::fs::metadata(agent.root_file(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", agent.log()));
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{rel}");
+    }
+    assert_eq!(
+        read(&agent.root_file(TOKEN)),
+        "istio-token-for-bookinfo-ratings-vm"
+    );
+    // The agent-owned /etc/hosts block points istiod at the gateway; user lines are kept.
+    let hosts = read(&agent.root_file("etc/hosts"));
+    assert!(
+        hosts.starts_with("127.0.0.1 localhost\n# user line\n"),
+        "{hosts}"
+    );
+    assert!(hosts.contains("# BEGIN onboarding-agent"), "{hosts}");
+    assert!(hosts.contains("10.20.30.40 "), "{hosts}");
+    assert_eq!(agent.restarts(), 1, "one restart after the first write");
+
+    // The endpoint sees the registration connected.
+    wait_for("AGENT CONNECTED True", Duration::from_secs(10), || {
+        war_connected(&ep, WAR).as_deref() == Some("True")
+    });
+    let state = agent.state();
+    assert_eq!(state["registration"], format!("{NS}/{WAR}"));
+    assert_eq!(state["connectedTo"], "endpoint-test");
+    assert!(state["tokenExpiresAt"].is_string(), "{state}");
+
+    // `status` prints the state file.
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .args(["status", "--state-file"])
+        .arg(agent.path("state/state.json"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("registration (war)       {NS}/{WAR}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("phase                    connected"),
+        "{shown}"
+    );
+
+    // Kill the endpoint: the agent notices (keep-alive every second), keeps the sidecar
+    // alone, and reconnects when the endpoint is back on the same port.
+    let files_before = read(&agent.root_file(CLUSTER_ENV));
+    let port = ep.port();
+    ep.kill();
+    agent.wait_phase("reconnecting", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent.state()["lastError"]
+            .as_str()
+            .unwrap_or("")
+            .contains("keep-alive")
+    );
+    ep.restart_same_port();
+    assert_eq!(ep.port(), port);
+    agent.wait_phase("connected", Duration::from_secs(20));
+    assert_eq!(
+        agent.restarts(),
+        1,
+        "no sidecar restart for an endpoint outage"
+    );
+    assert_eq!(read(&agent.root_file(CLUSTER_ENV)), files_before);
+    wait_for(
+        "AGENT CONNECTED True after reconnect",
+        Duration::from_secs(10),
+        || war_connected(&ep, WAR).as_deref() == Some("True"),
+    );
+
+    // SIGTERM: unregister, wait the propagation delay (1s in the test config), exit 0.
+    let t = Instant::now();
+    agent.signal(libc::SIGTERM);
+    let code = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited the propagation delay"
+    );
+    assert!(!ep.war_path(WAR).exists(), "WAR deleted by unregister");
+    assert!(
+        !ep.we_path(WAR).exists(),
+        "WorkloadEntry deleted by unregister"
+    );
+    assert_eq!(agent.state()["phase"], "stopped");
+    assert!(
+        agent.log().contains("unregistered bookinfo/"),
+        "{}",
+        agent.log()
+    );
+    eprintln!("onboarding (start to connected, incl. restart): {onboard_time:?}");
+}
+
+#[test]
+fn config_edit_onboards_again_and_invalid_edit_is_ignored() {
+    let ep = fast_endpoint();
+    add_group(&ep, "ratings-canary", "ratings-canary-vm");
+    let agent = Agent::start(&ep, AgentSetup::default());
+    agent.wait_phase("connected", Duration::from_secs(20));
+    assert_eq!(agent.restarts(), 1);
+
+    // An invalid edit: the agent keeps running on the old config and says why.
+    agent.write_onboarding_config("onboardingEndpoint: {host: 'not a host'}\n");
+    wait_for(
+        "the invalid edit to be reported",
+        Duration::from_secs(10),
+        || {
+            agent.state()["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("config change ignored"))
+        },
+    );
+    assert!(
+        agent.log().contains("keeping the previous one"),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.state()["phase"], "connected");
+    assert_eq!(agent.restarts(), 1);
+
+    // A valid edit naming another group: onboard again, new files, one more restart; the
+    // old registration is unregistered.
+    agent.write_onboarding_config(&onboarding_config(
+        &ep,
+        &agent.path("ca.pem"),
+        "ratings-canary",
+    ));
+    let new_war = "ratings-canary-jwt-corp-vm-0001";
+    wait_for(
+        "registration in the new group",
+        Duration::from_secs(20),
+        || {
+            agent.state()["registration"] == format!("{NS}/{new_war}")
+                && agent.state()["phase"] == "connected"
+        },
+    );
+    assert!(
+        read(&agent.root_file(CLUSTER_ENV)).contains("ratings-canary-vm"),
+        "{}",
+        read(&agent.root_file(CLUSTER_ENV))
+    );
+    assert_eq!(agent.restarts(), 2, "{}", agent.log());
+    assert!(ep.war_path(new_war).exists());
+    assert!(!ep.war_path(WAR).exists(), "old WAR unregistered");
+}
+
+#[test]
+fn deleted_war_onboards_again_with_the_new_snapshot() {
+    let ep = fast_endpoint();
+    let agent = Agent::start(&ep, AgentSetup::default());
+    agent.wait_phase("connected", Duration::from_secs(20));
+    let before = read(&agent.root_file(CLUSTER_ENV));
+    assert!(before.contains("ratings-vm"), "{before}");
+
+    // Change the live WorkloadGroup: the running workload keeps its snapshot.
+    let group = ep.path("config/workloadgroup.yaml");
+    std::fs::write(
+        &group,
+        read(&group).replace("serviceAccount: ratings-vm", "serviceAccount: ratings-v2"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(&agent.root_file(CLUSTER_ENV)), before);
+    assert_eq!(agent.restarts(), 1);
+
+    // Delete the WAR: the next keep-alive gets registration_gone, the agent onboards again
+    // and the sidecar restarts on files rendered from the new snapshot.
+    let (ok, _, err) = ep.cli(&["delete", "war", WAR, "-n", NS]);
+    assert!(ok, "{err}");
+    wait_for(
+        "files from the new snapshot",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(agent.root_file(CLUSTER_ENV))
+                .is_ok_and(|s| s.contains("ratings-v2"))
+        },
+    );
+    wait_for("the restart", Duration::from_secs(10), || {
+        agent.restarts() == 2
+    });
+    agent.wait_phase("connected", Duration::from_secs(10));
+    assert!(ep.war_path(WAR).exists(), "WAR created again");
+    assert!(
+        agent.log().contains("registration was deleted"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn session_and_istio_tokens_are_renewed_before_they_expire() {
+    let mut ep = Endpoint::start(Options {
+        grace: "5m",
+        keep_alive_interval: "2s",
+        keep_alive_timeout: "6s",
+        token_expiration: "1m",
+    });
+    // Istio tokens that live 4 seconds, different each time.
+    let cfg = read(&ep.config);
+    std::fs::write(
+        &ep.config,
+        cfg.replace(
+            "istioToken:\n  command: [sh, -c, \"echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT\"]",
+            "istioToken:\n  expiration: 4s\n  command: [sh, -c, \"echo istio-token-$(date +%s%N)\"]",
+        ),
+    )
+    .unwrap();
+    ep.restart_same_port();
+    let agent = Agent::start(&ep, AgentSetup::default());
+    agent.wait_phase("connected", Duration::from_secs(20));
+
+    // For a minute, sample: the istio-token on disk and the session token must never be
+    // past their expiry, and the sidecar must not be restarted for a token change.
+    let mut tokens = std::collections::BTreeSet::new();
+    let first_session_expiry = agent.state()["tokenExpiresAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(58) {
+        let state = agent.state();
+        let now = std::time::SystemTime::now();
+        for key in ["istioTokenExpiresAt", "tokenExpiresAt"] {
+            let at = state[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key} in {state}"));
+            let at = workload_onboarding::timestamp::parse(at).unwrap();
+            assert!(at > now, "{key} {state} already expired\n{}", agent.log());
+        }
+        tokens.insert(std::fs::read_to_string(agent.root_file(TOKEN)).unwrap());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        tokens.len() >= 10,
+        "istio-token refreshed: {} distinct",
+        tokens.len()
+    );
+    assert!(
+        tokens.iter().all(|t| t.starts_with("istio-token-")),
+        "never torn"
+    );
+    let log = agent.log();
+    assert!(log.contains("renewed the session token"), "{log}");
+    assert_ne!(agent.state()["tokenExpiresAt"], first_session_expiry);
+    assert!(!log.contains("no longer valid"), "{log}");
+    assert_eq!(
+        agent.restarts(),
+        1,
+        "token refreshes do not restart the sidecar"
+    );
+    assert_eq!(agent.state()["phase"], "connected");
+}
+
+/// The file set under `root`: (relative path, content) for every regular file the
+/// bootstrap writes (temporary files excluded).
+fn file_set(root: &Path) -> Vec<(String, Vec<u8>)> {
+    [
+        CLUSTER_ENV,
+        "etc/istio/config/mesh",
+        "etc/certs/root-cert.pem",
+        TOKEN,
+    ]
+    .iter()
+    .map(|rel| {
+        (
+            rel.to_string(),
+            std::fs::read(root.join(rel)).unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn sigkill_during_writes_leaves_old_or_new_files_and_the_restart_is_not_lost() {
+    let ep = fast_endpoint();
+    add_group(&ep, "ratings-canary", "ratings-canary-vm");
+
+    // The old set (group ratings) and the new set (group ratings-canary), from full runs.
+    let old_agent = Agent::start(&ep, AgentSetup::default());
+    old_agent.wait_phase("connected", Duration::from_secs(20));
+    let old = file_set(&old_agent.path("root"));
+    drop(old_agent);
+    let t0 = Instant::now();
+    let new_agent = Agent::start(
+        &ep,
+        AgentSetup {
+            group: "ratings-canary",
+            ..AgentSetup::default()
+        },
+    );
+    wait_for("new set written", Duration::from_secs(20), || {
+        new_agent.restarts() == 1
+    });
+    let full_run = t0.elapsed();
+    let new = file_set(&new_agent.path("root"));
+    drop(new_agent);
+    assert_ne!(old[0].1, new[0].1, "the two sets differ");
+
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
+    let mut mixed = 0;
+    let iterations = 12;
+    for i in 0..iterations {
+        let mut agent = Agent::prepare(
+            &ep,
+            AgentSetup {
+                group: "ratings-canary",
+                ..AgentSetup::default()
+            },
+        );
+        for (rel, content) in &old {
+            let p = agent.root_file(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        // A random point in [0, 1.2 x the time a full run takes].
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let window = full_run.as_micros() as u64 * 12 / 10;
+        let delay = Duration::from_micros(seed % window.max(1));
+        agent.spawn();
+        std::thread::sleep(delay);
+        agent.kill9();
+
+        let after = file_set(&agent.path("root"));
+        let mut n_new = 0;
+        for ((rel, got), ((_, o), (_, n))) in after.iter().zip(old.iter().zip(&new)) {
+            assert!(
+                got == o || got == n,
+                "iteration {i}: {rel} is neither the old nor the new file (torn) after SIGKILL at {delay:?}"
+            );
+            n_new += usize::from(got == n && o != n);
+        }
+        if n_new > 0 && n_new < new.iter().zip(&old).filter(|(a, b)| a != b).count() {
+            mixed += 1;
+        }
+        let restarts_before = agent.restarts();
+
+        // The next run completes the set, and the sidecar is restarted on it even when the
+        // killed run had already written every file (restartPending in the state file).
+        agent.spawn();
+        agent.wait_phase("connected", Duration::from_secs(20));
+        assert_eq!(file_set(&agent.path("root")), new, "iteration {i}");
+        assert!(
+            agent.restarts() >= 1,
+            "iteration {i}: files changed but the sidecar was never restarted (killed at {delay:?}, {restarts_before} restarts before)\n{}",
+            agent.log()
+        );
+        assert_eq!(agent.state()["restartPending"], false);
+        let leftovers: Vec<_> = std::fs::read_dir(agent.root_file("var/lib/istio/envoy"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temporary files cleaned up: {leftovers:?}"
+        );
+    }
+    eprintln!("{mixed} of {iterations} kills left a mix of old and new files (each file whole)");
+}
+
+#[test]
+fn missing_or_invalid_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .arg("--onboarding-config")
+        .arg(&missing)
+        .args(["--state-file"])
+        .arg(dir.path().join("state.json"))
+        .env_remove("ONBOARDING_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("missing"),
+        "{err}"
+    );
+
+    let bad = dir.path().join("onboarding.yaml");
+    std::fs::write(
+        &bad,
+        "onboardingEndpoint: {host: ep.example}\nworkloadGroup: {namespace: Bad_NS, name: g}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .arg("--onboarding-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: workloadGroup.namespace: \"Bad_NS\"",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    // A valid onboarding config from the environment and no agent config at all: there is
+    // no credential source (cloud platforms are not detected yet), named as such.
+    let valid = r#"{"onboardingEndpoint":{"host":"127.0.0.1"},"workloadGroup":{"namespace":"ns","name":"g"}}"#;
+    if !Path::new("/etc/onboarding-agent/agent.config.yaml").exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+            .env("ONBOARDING_CONFIG", valid)
+            .env_remove("AGENT_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("host.custom.credential: no credential source"),
+            "{err}"
+        );
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .env("ONBOARDING_CONFIG", valid)
+        .env("AGENT_CONFIG", "host:\n  custom:\n    credential: []\n")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("$AGENT_CONFIG: host.custom.credential: needs at least one"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .env("ONBOARDING_CONFIG", valid)
+        .arg("--agent-config")
+        .arg(dir.path().join("absent-agent.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("absent-agent.yaml: the file is missing"),
+        "{err}"
+    );
+}
