@@ -1637,6 +1637,26 @@ mod tests {
     }
 
     #[test]
+    fn jwks_file_is_loaded_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, JWKS).expect("write jwks");
+        let verifier = JwtVerifier::new(&[IssuerConfig {
+            jwks: None,
+            jwks_file: Some(path.clone()),
+            ..config()
+        }])
+        .expect("jwksFile config");
+        // Read once at start: removing the file changes nothing.
+        std::fs::remove_file(&path).expect("remove");
+        let token = sign("trusted-es256", Some("trusted-es256"), &claims());
+        verifier
+            .verify_blocking(&token, &ctx_at(NOW))
+            .expect("verifies with keys from the file");
+        assert_eq!(verifier.key_fetches(ISS), Some(0));
+    }
+
+    #[test]
     fn config_deserializes_camel_case_and_refuses_unknown_fields() {
         let parsed: Vec<IssuerConfig> = serde_json::from_value(json!([{
             "issuer": ISS, "shortName": "corp", "jwksUri": "https://idp.example.corp/jwks",
