@@ -675,3 +675,100 @@ mod tests {
         assert_eq!(out, vec![0x82, 0x01, 0x2c]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Signing (the cloud metadata simulator and tests: the shape AWS and Azure produce)
+
+/// Build a DER `SignedData` over `content` with signed attributes (contentType,
+/// signingTime, messageDigest), RSA PKCS#1 v1.5 with SHA-256, content embedded; the
+/// signer's certificate is included when `include_cert` (Azure does, AWS does not).
+pub fn build_signed_data(
+    content: &[u8],
+    signer: &Certificate,
+    key: &rsa::RsaPrivateKey,
+    include_cert: bool,
+    signing_time_unix: u64,
+) -> Result<Vec<u8>, CmsError> {
+    use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+    use cms::content_info::CmsVersion;
+    use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignerInfos};
+    use der::Tag;
+    use der::asn1::{Any, SetOfVec, UtcTime};
+    use spki::AlgorithmIdentifierOwned;
+    use x509_cert::attr::Attribute;
+
+    const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+    let e = |e: der::Error| CmsError::Malformed(e.to_string());
+    let attr = |oid, value: Any| -> Result<Attribute, CmsError> {
+        Ok(Attribute {
+            oid,
+            values: SetOfVec::try_from(vec![value]).map_err(e)?,
+        })
+    };
+    let signing_time =
+        UtcTime::from_unix_duration(std::time::Duration::from_secs(signing_time_unix))
+            .map_err(e)?;
+    let digest = sha2::Sha256::digest(content);
+    let attrs = SetOfVec::try_from(vec![
+        attr(OID_CONTENT_TYPE, Any::encode_from(&OID_DATA).map_err(e)?)?,
+        attr(
+            OID_SIGNING_TIME,
+            Any::encode_from(&signing_time).map_err(e)?,
+        )?,
+        attr(
+            OID_MESSAGE_DIGEST,
+            Any::encode_from(&OctetString::new(digest.to_vec()).map_err(e)?).map_err(e)?,
+        )?,
+    ])
+    .map_err(e)?;
+    let to_sign = attrs.to_der().map_err(e)?;
+    let signature = key
+        .sign(
+            rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+            &sha2::Sha256::digest(&to_sign),
+        )
+        .map_err(|err| CmsError::BadSignature(err.to_string()))?;
+    let sha256 = AlgorithmIdentifierOwned {
+        oid: OID_SHA256,
+        parameters: None,
+    };
+    let signer_info = SignerInfo {
+        version: CmsVersion::V1,
+        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+            issuer: signer.tbs_certificate.issuer.clone(),
+            serial_number: signer.tbs_certificate.serial_number.clone(),
+        }),
+        digest_alg: sha256.clone(),
+        signed_attrs: Some(attrs),
+        signature_algorithm: AlgorithmIdentifierOwned {
+            oid: OID_RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        },
+        signature: OctetString::new(signature).map_err(e)?,
+        unsigned_attrs: None,
+    };
+    let certificates = if include_cert {
+        Some(CertificateSet(
+            SetOfVec::try_from(vec![CertificateChoices::Certificate(signer.clone())]).map_err(e)?,
+        ))
+    } else {
+        None
+    };
+    let sd = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: SetOfVec::try_from(vec![sha256]).map_err(e)?,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: OID_DATA,
+            econtent: Some(Any::new(Tag::OctetString, content.to_vec()).map_err(e)?),
+        },
+        certificates,
+        crls: None,
+        signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info]).map_err(e)?),
+    };
+    ContentInfo {
+        content_type: OID_SIGNED_DATA,
+        content: Any::encode_from(&sd).map_err(e)?,
+    }
+    .to_der()
+    .map_err(e)
+}

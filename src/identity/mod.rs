@@ -18,8 +18,14 @@ pub mod plugin;
 
 // Cloud platforms (issue 4): each module holds the agent half and the endpoint half.
 pub mod aws;
+pub mod azure;
 #[cfg(feature = "endpoint")]
 pub mod cms;
+#[cfg(feature = "agent")]
+pub mod detect;
+pub mod gcp;
+#[cfg(feature = "endpoint")]
+pub mod simulator;
 
 /// What a verifier needs to know about the request, besides the credential.
 #[derive(Debug, Clone)]

@@ -18,6 +18,8 @@ use crate::api::policy::AwsIdentityMatcher;
 pub mod certs;
 #[cfg(feature = "endpoint")]
 pub mod ec2;
+#[cfg(feature = "agent")]
+pub mod imds;
 pub mod replay;
 
 /// The AWS partition a region belongs to (used in ARNs and to pick API endpoints).
@@ -65,8 +67,8 @@ pub fn name_part(id: &AwsIdentity) -> String {
 pub fn cloud_name_part(id: &WorkloadIdentity) -> Option<String> {
     match id {
         WorkloadIdentity::Aws(a) => Some(name_part(a)),
-        WorkloadIdentity::Gcp(_) => None,
-        WorkloadIdentity::Azure(_) => None,
+        WorkloadIdentity::Gcp(g) => Some(crate::identity::gcp::name_part(g)),
+        WorkloadIdentity::Azure(a) => Some(crate::identity::azure::name_part(a)),
         WorkloadIdentity::Jwt(_) => None,
     }
 }
