@@ -5,6 +5,8 @@
 
 #[path = "support/endpoint.rs"]
 mod endpoint;
+#[path = "support/oidc.rs"]
+mod oidc;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -38,6 +40,8 @@ struct AgentSetup<'a> {
     group: &'a str,
     subject: &'a str,
     extra_agent_config: &'a str,
+    /// Replaces the default credential source (a JWT file signed with the test key).
+    credential_yaml: Option<String>,
 }
 
 impl Default for AgentSetup<'_> {
@@ -46,6 +50,7 @@ impl Default for AgentSetup<'_> {
             group: "ratings",
             subject: "vm-0001",
             extra_agent_config: "",
+            credential_yaml: None,
         }
     }
 }
@@ -81,6 +86,10 @@ impl Agent {
         .unwrap();
         std::fs::write(p.join("ca.pem"), &ep.ca_pem).unwrap();
         std::fs::write(p.join("jwt"), vm_jwt(setup.subject, &ep.plane_uid)).unwrap();
+        let credential = setup
+            .credential_yaml
+            .clone()
+            .unwrap_or_else(|| format!("    - file: {}\n", p.join("jwt").display()));
         let restart = p.join("restart-sidecar.sh");
         std::fs::write(
             &restart,
@@ -104,8 +113,7 @@ kind: AgentConfiguration
 host:
   custom:
     credential:
-    - file: {jwt}
-    hostinfo:
+{credential}    hostinfo:
       basic:
         networkInterfaces: {{include: ['^lo$']}}
 settings:
@@ -113,7 +121,6 @@ settings:
     retryPolicy:
       exponentialBackoff: {{initialInterval: 100ms, maxInterval: 500ms}}
 {extra}",
-                jwt = p.join("jwt").display(),
                 extra = setup.extra_agent_config
             ),
         )
@@ -570,6 +577,90 @@ fn session_and_istio_tokens_are_renewed_before_they_expire() {
         "token refreshes do not restart the sidecar"
     );
     assert_eq!(agent.state()["phase"], "connected");
+}
+
+#[test]
+fn onboards_with_the_oidc_credential_plugin_against_a_real_provider() {
+    // The whole on-premise chain: agent -> OIDC plugin (client_credentials, resource = plane
+    // UID) -> a real OpenID provider -> endpoint (issuer discovery + JWKS over TLS) -> policy.
+    let provider = oidc::OidcProvider::start();
+    let mut ep = fast_endpoint();
+    let cfg = read(&ep.config);
+    std::fs::write(
+        &ep.config,
+        cfg.replacen(
+            "store:\n",
+            &format!(
+                "    - issuer: {}\n      shortName: testidp\n      caFile: {}\n      tokenFields: {{attributes: {{jsonPath: .attributes}}}}\nstore:\n",
+                provider.issuer,
+                provider.ca_file.display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ep.path("config/policy-oidc.yaml"),
+        format!(
+            "apiVersion: authorization.onboarding.tetrate.io/v1alpha1
+kind: OnboardingPolicy
+metadata: {{name: allow-oidc-vms, namespace: bookinfo}}
+spec:
+  allow:
+  - workloads:
+    - jwt:
+        issuer: {}
+        subjects: [{}]
+    onboardTo:
+    - workloadGroupSelector: {{matchLabels: {{app: ratings}}}}
+",
+            provider.issuer,
+            oidc::CLIENT_ID
+        ),
+    )
+    .unwrap();
+    ep.restart_same_port();
+
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), format!("{}\n", provider.client_secret)).unwrap();
+    let credential = format!(
+        "    - plugin:
+        name: oidc-credential
+        path: {plugin}
+        env:
+        - {{name: OIDC_ISSUER, value: '{issuer}'}}
+        - {{name: OIDC_CLIENT_ID, value: {client}}}
+        - {{name: OIDC_CLIENT_SECRET_FILE, value: {secret}}}
+        - {{name: OIDC_CA_FILE, value: {ca}}}
+",
+        plugin = env!("CARGO_BIN_EXE_onboarding-agent-oidc-credential-plugin"),
+        issuer = provider.issuer,
+        client = provider.client_id,
+        secret = secret.path().display(),
+        ca = provider.ca_file.display()
+    );
+    let agent = Agent::start(
+        &ep,
+        AgentSetup {
+            credential_yaml: Some(credential),
+            ..AgentSetup::default()
+        },
+    );
+    agent.wait_phase("connected", Duration::from_secs(30));
+    let war = format!("ratings-jwt-testidp-{}", oidc::CLIENT_ID);
+    assert_eq!(agent.state()["registration"], format!("{NS}/{war}"));
+    assert!(ep.war_path(&war).exists());
+    assert!(agent.root_file(CLUSTER_ENV).exists());
+    assert_eq!(agent.restarts(), 1);
+    let log = agent.log();
+    assert!(
+        log.contains("credential from plugin \"oidc-credential\""),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&provider.client_secret),
+        "the secret is never logged"
+    );
 }
 
 /// The file set under `root`: (relative path, content) for every regular file the

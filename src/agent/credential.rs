@@ -2,9 +2,11 @@
 //! audience) into a [`Credential`]; cloud platforms plug in here through the same trait.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::api::agent_config::CredentialSource;
+use crate::api::agent_config::{CredentialSource, Plugin};
 use crate::api::protocol::Credential;
+use crate::identity::plugin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -61,6 +63,39 @@ impl CredentialProvider for JwtFile {
     }
 }
 
+/// A credential plugin executable (reference/tsb.md §1.3), run on every use with the
+/// audience on stdin; `src/identity/plugin.rs` speaks the protocol.
+pub struct PluginSource {
+    call: plugin::PluginCall,
+}
+
+impl PluginSource {
+    pub fn new(p: &Plugin, timeout: Duration) -> PluginSource {
+        PluginSource {
+            call: plugin::PluginCall::get_credential(p, timeout),
+        }
+    }
+}
+
+impl CredentialProvider for PluginSource {
+    fn describe(&self) -> String {
+        format!(
+            "plugin {:?} ({})",
+            self.call.name,
+            self.call.program.display()
+        )
+    }
+
+    fn credential(&self, audience: &str) -> Result<Credential, CredentialError> {
+        plugin::get_credential(&self.call, audience)
+            .map(|c| c.credential)
+            .map_err(|e| CredentialError::Plugin {
+                name: self.call.name.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
 /// Three non-empty base64url segments (JWS compact serialisation).
 pub fn looks_like_jwt(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
@@ -75,6 +110,7 @@ pub fn looks_like_jwt(s: &str) -> bool {
 /// The providers for the configured sources, in order.
 pub fn providers(
     sources: &[CredentialSource],
+    plugin_timeout: Duration,
 ) -> Result<Vec<Box<dyn CredentialProvider>>, CredentialError> {
     if sources.is_empty() {
         return Err(CredentialError::NoneConfigured);
@@ -85,12 +121,8 @@ pub fn providers(
             out.push(Box::new(JwtFile {
                 path: PathBuf::from(file),
             }));
-        } else if let Some(plugin) = &s.plugin {
-            return Err(CredentialError::Plugin {
-                name: plugin.name.clone(),
-                message: "credential plugins are not available in this build yet; use `file:`"
-                    .into(),
-            });
+        } else if let Some(p) = &s.plugin {
+            out.push(Box::new(PluginSource::new(p, plugin_timeout)));
         }
     }
     Ok(out)
@@ -162,14 +194,65 @@ mod tests {
                 plugin: None,
             },
         ];
-        let ps = providers(&sources).unwrap();
+        let ps = providers(&sources, Duration::from_secs(5)).unwrap();
         let (c, from) = obtain(&ps, "uid").unwrap();
         assert_eq!(c.kind(), "jwt");
         assert!(from.ends_with("good"), "{from}");
         assert!(matches!(
-            providers(&[]),
+            providers(&[], Duration::from_secs(5)),
             Err(CredentialError::NoneConfigured)
         ));
+    }
+
+    #[test]
+    fn plugin_gets_the_audience_and_its_errors_are_named() {
+        use crate::api::agent_config::EnvVar;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("onboarding-agent-test-plugin");
+        // A real executable speaking the protocol: echoes the audience back inside a JWT-
+        // shaped token, fails with a google.rpc.Status when asked to.
+        std::fs::write(
+            &script,
+            r#"#!/bin/sh
+read -r req
+aud=$(printf '%s' "$req" | sed 's/.*"audience":"\([^"]*\)".*/\1/')
+if [ "$MODE" = fail ]; then
+  echo '{"code":7,"message":"client not allowed"}'; echo "idp said no" >&2; exit 1
+fi
+printf '{"credential":{"@type":"type.googleapis.com/workload_onboarding.credential.v1.JwtCredential","token":"h.%s.s"},"expiresAt":"2030-01-01T00:00:00Z"}' "$aud"
+"#,
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin = |mode: &str| CredentialSource {
+            plugin: Some(Plugin {
+                name: "test".into(),
+                path: Some(script.display().to_string()),
+                env: vec![EnvVar {
+                    name: "MODE".into(),
+                    value: mode.into(),
+                }],
+                args: vec![],
+            }),
+            file: None,
+        };
+        let ps = providers(&[plugin("ok")], Duration::from_secs(10)).unwrap();
+        let (c, from) = obtain(&ps, "plane-123").unwrap();
+        assert_eq!(
+            c,
+            Credential::Jwt {
+                token: "h.plane-123.s".into()
+            }
+        );
+        assert!(from.starts_with("plugin \"test\""), "{from}");
+
+        let ps = providers(&[plugin("fail")], Duration::from_secs(10)).unwrap();
+        let e = obtain(&ps, "plane-123").unwrap_err().to_string();
+        assert!(
+            e.contains("client not allowed") && e.contains("idp said no"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -127,8 +127,8 @@ impl Daemon {
             .as_ref()
             .map(|o| o.to_string())
             .unwrap_or_else(|| format!("{} (not present)", config::DEFAULT_AGENT_CONFIG));
-        let providers =
-            credential::providers(cfg.credential_sources()).map_err(|e| StartError::Config {
+        let providers = credential::providers(cfg.credential_sources(), cfg.plugin_timeout())
+            .map_err(|e| StartError::Config {
                 origin: agent_origin.clone(),
                 detail: format!("host.custom.credential: {e}"),
             })?;

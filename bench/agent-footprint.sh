@@ -1,0 +1,128 @@
+#!/bin/sh
+# Measures the agent's footprint against a real endpoint on loopback and prints each figure
+# with the command behind it:
+#   - stripped release binary size (agent-only build),
+#   - start-to-restart time (spawn -> first call of the restart command),
+#   - peak RSS during onboarding (VmHWM) and steady RSS while connected (VmRSS),
+#   - wake-ups per idle minute (context switches of all the agent's threads).
+# Usage: bench/agent-footprint.sh            (IDLE_SECONDS=60 by default)
+# Needs: cargo, openssl (to sign the test JWT). No root, no network beyond 127.0.0.1.
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+idle=${IDLE_SECONDS:-60}
+cd "$repo"
+
+echo "# building"
+cargo build --quiet --release --no-default-features --features agent --bin onboarding-agent
+cargo build --quiet --bin onboarding-endpoint
+agent_bin=$repo/target/release/onboarding-agent
+endpoint_bin=$repo/target/debug/onboarding-endpoint
+
+work=$(mktemp -d)
+ep_pid=""
+agent_pid=""
+cleanup() {
+    [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null || true
+    [ -n "$ep_pid" ] && kill "$ep_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# The quickstart's endpoint, on a free port, with a keep-alive interval longer than the idle
+# window (so that any wake-up counted is one the agent should not have had).
+cp -r examples/quickstart/config "$work/config"
+cp testdata/jwt/jwks.json "$work/jwks.json"
+sed -e 's/^listen: .*/listen: 127.0.0.1:0/' \
+    -e 's/^  keepAliveInterval: .*/  keepAliveInterval: 10m\n  keepAliveTimeout: 30m/' \
+    examples/quickstart/endpoint.yaml > "$work/endpoint.yaml"
+(cd "$work" && exec "$endpoint_bin" serve --dev --config endpoint.yaml > endpoint.out 2> endpoint.err) &
+ep_pid=$!
+i=0
+until grep -q '^onboarding-endpoint listening on ' "$work/endpoint.out" 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then echo "endpoint did not start:"; cat "$work/endpoint.err"; exit 1; fi
+    sleep 0.1
+done
+line=$(grep '^onboarding-endpoint listening on ' "$work/endpoint.out")
+url=$(echo "$line" | awk '{print $4}')
+port=${url##*:}
+plane_uid=$(echo "$line" | sed 's/.*plane-uid=//; s/ .*//')
+ca=$(grep '^dev CA: ' "$work/endpoint.out" | sed 's/^dev CA: //')
+case "$ca" in /*) ;; *) ca="$work/$ca" ;; esac
+
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+now=$(date +%s)
+header=$(printf '{"alg":"RS256","typ":"JWT","kid":"trusted-rs256"}' | b64url)
+payload=$(printf '{"iss":"https://idp.test.example","sub":"bench-vm","aud":"%s","iat":%d,"exp":%d,"attributes":{"region":"us-east"}}' \
+    "$plane_uid" "$now" $((now + 3600)) | b64url)
+sig=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign testdata/jwt/trusted-rs256.key.pem -binary | b64url)
+printf '%s.%s.%s\n' "$header" "$payload" "$sig" > "$work/jwt"
+
+mkdir -p "$work/agent" "$work/root/etc"
+cat > "$work/agent/onboarding.config.yaml" <<EOF
+onboardingEndpoint:
+  host: 127.0.0.1
+  port: $port
+  transportSecurity: {tls: {caFile: $ca}}
+workloadGroup: {namespace: bookinfo, name: ratings}
+EOF
+cat > "$work/agent/agent.config.yaml" <<EOF
+host:
+  custom:
+    credential: [{file: $work/jwt}]
+    hostinfo: {basic: {networkInterfaces: {include: ['^lo\$']}}}
+EOF
+cat > "$work/restart.sh" <<EOF
+#!/bin/sh
+date +%s%N >> $work/restarts.log
+EOF
+chmod +x "$work/restart.sh"
+
+start=$(date +%s%N)
+ONBOARDING_AGENT_LOG=warn "$agent_bin" \
+    --onboarding-config "$work/agent/onboarding.config.yaml" \
+    --agent-config "$work/agent/agent.config.yaml" \
+    --root "$work/root" --state-file "$work/state.json" \
+    --restart-command "$work/restart.sh" 2> "$work/agent.err" &
+agent_pid=$!
+i=0
+until [ -s "$work/restarts.log" ]; do
+    i=$((i + 1))
+    if [ $i -gt 3000 ]; then echo "agent never restarted the sidecar:"; cat "$work/agent.err"; exit 1; fi
+    sleep 0.01
+done
+restarted=$(head -n 1 "$work/restarts.log")
+until grep -q '"phase": "connected"' "$work/state.json" 2>/dev/null; do sleep 0.05; done
+
+status_kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$agent_pid/status"; }
+switches() {
+    cat /proc/"$agent_pid"/task/*/status |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n}'
+}
+sleep 1
+peak=$(status_kb VmHWM)
+steady=$(status_kb VmRSS)
+threads=$(ls /proc/"$agent_pid"/task | wc -l)
+before=$(switches)
+sleep "$idle"
+after=$(switches)
+steady_after=$(status_kb VmRSS)
+size=$(stat -c %s "$agent_bin")
+
+echo
+echo "binary size (stripped, release, agent-only): $size bytes ($(awk -v b="$size" 'BEGIN {printf "%.2f", b / 1048576}') MiB)"
+echo "    cargo build --release --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release/onboarding-agent"
+echo "start-to-restart on loopback: $(( (restarted - start) / 1000000 )) ms"
+echo "    time from spawning the agent to the first line its restart script writes"
+echo "peak RSS during onboarding: $peak kB"
+echo "    VmHWM in /proc/<pid>/status once connected"
+echo "steady RSS while connected: $steady kB (after ${idle}s idle: $steady_after kB)"
+echo "    VmRSS in /proc/<pid>/status"
+echo "wake-ups during ${idle}s idle (no keep-alive due): $((after - before)) across $threads threads"
+echo "    sum of voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/<pid>/task/*/status, before and after"
+
+kill -TERM "$agent_pid"
+wait "$agent_pid" || true
+agent_pid=""
