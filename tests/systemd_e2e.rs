@@ -450,6 +450,10 @@ fn agent_under_systemd_onboards_restarts_the_sidecar_and_unregisters_on_stop() {
     h.check(t_stop >= Duration::from_millis(900), || {
         format!("stop took {t_stop:?}: the agent did not wait the 1s propagation delay")
     });
+    let restarts = h.ct.unit_property(AGENT_UNIT, "NRestarts");
+    h.check(restarts == "0", || {
+        format!("systemd restarted the agent {restarts} times: it crashed or exited")
+    });
     let result = h.ct.unit_property(AGENT_UNIT, "Result");
     let exit = h.ct.unit_property(AGENT_UNIT, "ExecMainStatus");
     h.check(result == "success" && exit == "0", || {

@@ -264,6 +264,7 @@ impl FileLock {
 /// The cached root tarball, built with debootstrap when it is not there yet. Returns the
 /// path and whether it was built now.
 pub fn cached_root() -> (PathBuf, bool) {
+    reap_stale();
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let tarball = cached_root_path();
@@ -330,6 +331,44 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Names that carry the creating test process's pid, so leftovers of a test runner that
+/// was killed (no unwinding, no Drop) can be told from those of a run still going.
+const ROOT_PREFIX: &str = "nspawn-root-";
+const CGROUP_PREFIX: &str = "nspawn-test-";
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid in `<prefix><pid>-...`, if `name` is one of ours.
+fn owner_pid(name: &str, prefix: &str) -> Option<i32> {
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
+}
+
+/// Removes the roots and cgroups that killed test runners left behind. Their containers
+/// are gone already (PR_SET_PDEATHSIG); a cgroup that still holds a process is left alone.
+pub fn reap_stale() {
+    if let Ok(dir) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name, ROOT_PREFIX).is_some_and(|p| !pid_alive(p)) {
+                eprintln!("removing {}, left by a killed test run", e.path().display());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    for hierarchy in cgroup_dirs("") {
+        if let Ok(dir) = std::fs::read_dir(&hierarchy) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if owner_pid(&name, CGROUP_PREFIX).is_some_and(|p| !pid_alive(p)) {
+                    remove_cgroup(&e.path());
+                }
+            }
+        }
+    }
+}
+
 /// The cgroup directories a container's nspawn runs in, per host layout.
 fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
@@ -378,7 +417,7 @@ impl Root {
     /// Extracts the cached root into a fresh directory under target/tmp.
     pub fn extract(tarball: &Path) -> Root {
         let dir = tempfile::Builder::new()
-            .prefix("nspawn-root-")
+            .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap_or_else(|e| panic!("temporary root: {e}"));
         let out = run_with_timeout(
@@ -439,7 +478,14 @@ impl Root {
     /// Boots the root as machine `name`: nspawn in its own cgroup, on the host network,
     /// waiting (up to `timeout`) until systemd reports the system running.
     pub fn boot(self, name: &str, timeout: Duration) -> Container {
-        let cgroups = cgroup_dirs(name);
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let cgroup = format!(
+            "{CGROUP_PREFIX}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let cgroups = cgroup_dirs(&cgroup);
         for cg in &cgroups {
             std::fs::create_dir_all(cg).unwrap_or_else(|e| panic!("cgroup {}: {e}", cg.display()));
         }
