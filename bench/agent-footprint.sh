@@ -6,7 +6,7 @@
 #   - peak RSS during onboarding (VmHWM) and steady RSS while connected (VmRSS),
 #   - wake-ups per idle minute (context switches of all the agent's threads).
 # Usage: bench/agent-footprint.sh            (IDLE_SECONDS=60 by default)
-# Needs: cargo, openssl (to sign the test JWT). No root, no network beyond 127.0.0.1.
+# Needs: cargo, openssl (examples/mint-test-jwt.sh signs the test JWT). No root, no network beyond 127.0.0.1.
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,13 +52,7 @@ plane_uid=$(echo "$line" | sed 's/.*plane-uid=//; s/ .*//')
 ca=$(grep '^dev CA: ' "$work/endpoint.out" | sed 's/^dev CA: //')
 case "$ca" in /*) ;; *) ca="$work/$ca" ;; esac
 
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-now=$(date +%s)
-header=$(printf '{"alg":"RS256","typ":"JWT","kid":"trusted-rs256"}' | b64url)
-payload=$(printf '{"iss":"https://idp.test.example","sub":"bench-vm","aud":"%s","iat":%d,"exp":%d,"attributes":{"region":"us-east"}}' \
-    "$plane_uid" "$now" $((now + 3600)) | b64url)
-sig=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign testdata/jwt/trusted-rs256.key.pem -binary | b64url)
-printf '%s.%s.%s\n' "$header" "$payload" "$sig" > "$work/jwt"
+examples/mint-test-jwt.sh bench-vm "$plane_uid" > "$work/jwt"
 
 mkdir -p "$work/agent" "$work/root/etc"
 cat > "$work/agent/onboarding.config.yaml" <<EOF
