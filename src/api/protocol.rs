@@ -12,6 +12,9 @@ pub const PATH_REGISTER: &str = "/v1/register";
 pub const PATH_KEEPALIVE: &str = "/v1/keepalive";
 pub const PATH_BOOTSTRAP: &str = "/v1/bootstrap";
 pub const PATH_UNREGISTER: &str = "/v1/unregister";
+/// `POST /v1/nonce`, unauthenticated: a single-use challenge for credentials that can carry
+/// one (Azure attested data). Body: none. Answer: [`NonceResponse`].
+pub const PATH_NONCE: &str = "/v1/nonce";
 
 /// `GET /v1/discovery`, unauthenticated: what an agent needs before it can ask for a credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +26,17 @@ pub struct DiscoveryResponse {
     pub instance: String,
     /// Credential kinds this endpoint accepts (`jwt`, `aws-ec2`, ...).
     pub platforms: Vec<String>,
+}
+
+/// `POST /v1/nonce`: the endpoint remembers the nonce until `expiresAt` and accepts it in
+/// one `/v1/authorize` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NonceResponse {
+    /// 32 random alphanumeric characters (what Azure IMDS accepts).
+    pub nonce: String,
+    /// RFC 3339.
+    pub expires_at: String,
 }
 
 /// A platform credential. `type` selects the platform.
@@ -51,9 +65,17 @@ pub enum Credential {
     },
     /// A GCE instance identity token (`format=full`).
     Gcp { token: String },
-    /// Azure IMDS attested document; `nonce` is the one the endpoint handed out.
+    /// Azure IMDS attested document; `nonce` is the one the endpoint handed out
+    /// (`POST /v1/nonce`). `instanceMetadata` is the VM's unsigned
+    /// `/metadata/instance/compute` (resource group, name, location), accepted only when
+    /// its vmId and subscriptionId equal the signed ones.
     #[serde(rename_all = "camelCase")]
-    Azure { signature: String, nonce: String },
+    Azure {
+        signature: String,
+        nonce: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance_metadata: Option<serde_json::Value>,
+    },
 }
 
 impl Credential {

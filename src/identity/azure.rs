@@ -100,6 +100,12 @@ mod verify {
 
     const MAX_CHAIN: usize = 5;
 
+    /// A fresh nonce for `POST /v1/nonce`: 32 hex characters (alphanumeric, as IMDS wants),
+    /// 122 random bits.
+    pub fn new_nonce() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
     /// `authentication.azure` in the endpoint's config.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -26,6 +26,8 @@ pub mod detect;
 pub mod gcp;
 #[cfg(feature = "endpoint")]
 pub mod simulator;
+#[cfg(feature = "endpoint")]
+pub mod verify_cli;
 
 /// What a verifier needs to know about the request, besides the credential.
 #[derive(Debug, Clone)]
