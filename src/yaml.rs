@@ -29,7 +29,7 @@ impl YamlError {
             .next()
             .unwrap_or("invalid YAML")
             .trim()
-            .trim_end_matches(|c| c == ':')
+            .trim_end_matches(':')
             .to_string();
         let message = strip_location_suffix(&message);
         YamlError {
@@ -41,7 +41,15 @@ impl YamlError {
 }
 
 fn strip_location_suffix(msg: &str) -> String {
-    // "... at line 3 column 1" is redundant once we print file:line ourselves.
+    // "error: line 3 column 1: ..." and "... at line 3 column 1" are redundant once we print
+    // file:line ourselves.
+    let mut msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    if let Some(rest) = msg.strip_prefix("line ")
+        && let Some((pos, tail)) = rest.split_once(": ")
+        && pos.split(" column ").all(|n| n.trim().parse::<u64>().is_ok())
+    {
+        msg = tail;
+    }
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
@@ -74,9 +82,8 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
     let mut start_line = 0u64;
-    let mut line_no = 0u64;
     let mut pos = 0usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (0u64..).zip(text.split_inclusive('\n')) {
         let trimmed = line.trim_end();
         if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
             push_doc(&mut docs, &text[start..pos], start_line);
@@ -84,7 +91,6 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
             start_line = line_no + 1;
         }
         pos += line.len();
-        line_no += 1;
     }
     push_doc(&mut docs, &text[start..], start_line);
     docs
@@ -135,6 +141,7 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.starts_with("f.yaml:5: "), "{shown}");
         assert!(shown.contains("nmae"), "{shown}");
+        assert!(!shown.contains("line 3 column"), "location said once: {shown}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ enum Command {
         dev: bool,
     },
     /// Render a sidecar's boot files offline, like `istioctl x workload entry configure`.
-    Render(bootstrap::offline::RenderArgs),
+    Render(Box<bootstrap::offline::RenderArgs>),
     /// List registrations, as `kubectl get war`.
     Get {
         /// Resource type: `war` (or `workloadautoregistration`).
