@@ -11,9 +11,7 @@ use std::fmt;
 
 use crate::api::identity::{JwtIdentity, WorkloadIdentity};
 use crate::api::meta::Labels;
-use crate::api::policy::{
-    AwsIdentityMatcher, JwtIdentityMatcher, OnboardingPolicy, WorkloadIdentityMatcher,
-};
+use crate::api::policy::{JwtIdentityMatcher, OnboardingPolicy, WorkloadIdentityMatcher};
 
 /// The WorkloadGroup as policy sees it: where it lives and its metadata labels.
 #[derive(Debug, Clone, Copy)]
@@ -119,15 +117,15 @@ pub fn match_identity(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Res
             None => Err("not a jwt matcher".into()),
         },
         WorkloadIdentity::Aws(aws) => match &m.aws {
-            Some(am) => match_aws(am, aws),
+            Some(am) => crate::identity::aws::matches(am, aws),
             None => Err("not an aws matcher".into()),
         },
-        WorkloadIdentity::Gcp(_) => match &m.gcp {
-            Some(_) => Err("gcp matching is not enabled in this build".into()),
+        WorkloadIdentity::Gcp(gcp) => match &m.gcp {
+            Some(gm) => crate::identity::gcp::matches(gm, gcp),
             None => Err("not a gcp matcher".into()),
         },
-        WorkloadIdentity::Azure(_) => match &m.azure {
-            Some(_) => Err("azure matching is not enabled in this build".into()),
+        WorkloadIdentity::Azure(az) => match &m.azure {
+            Some(zm) => crate::identity::azure::matches(zm, az),
             None => Err("not an azure matcher".into()),
         },
     }
@@ -150,46 +148,6 @@ fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn match_aws(m: &AwsIdentityMatcher, id: &crate::api::identity::AwsIdentity) -> Result<(), String> {
-    let in_list = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
-    if !in_list(&m.partitions, &id.partition) {
-        return Err(format!("partition {:?} not in partitions", id.partition));
-    }
-    if !m.accounts.iter().any(|a| a == &id.account) {
-        return Err(format!("account {:?} not in accounts", id.account));
-    }
-    if !in_list(&m.regions, &id.region) {
-        return Err(format!("region {:?} not in regions", id.region));
-    }
-    if !in_list(&m.zones, &id.zone) {
-        return Err(format!("zone {:?} not in zones", id.zone));
-    }
-    let role_ok = |names: &[String], role: Option<&crate::api::identity::IamRole>| {
-        names.is_empty() || role.is_some_and(|r| names.contains(&r.name))
-    };
-    match (&m.ec2, &m.ecs, &id.ec2, &id.ecs) {
-        (Some(em), _, Some(ec2), _) => {
-            if role_ok(&em.iam_role_names, ec2.iam_role.as_ref()) {
-                Ok(())
-            } else {
-                Err("EC2 instance IAM role not in ec2.iamRoleNames".into())
-            }
-        }
-        (_, Some(cm), _, Some(ecs)) => {
-            if !in_list(&cm.clusters, &ecs.cluster) {
-                Err(format!("ECS cluster {:?} not in ecs.clusters", ecs.cluster))
-            } else if !role_ok(&cm.iam_role_names, ecs.iam_role.as_ref()) {
-                Err("ECS task IAM role not in ecs.iamRoleNames".into())
-            } else {
-                Ok(())
-            }
-        }
-        (Some(_), None, None, Some(_)) => Err("ECS task, but the matcher is for EC2".into()),
-        (None, Some(_), Some(_), None) => Err("EC2 instance, but the matcher is for ECS".into()),
-        _ => Err("matcher names neither ec2 nor ecs".into()),
-    }
 }
 
 /// Problems that make a policy allow nothing. Reported at load time and on every denial.
@@ -234,7 +192,9 @@ pub fn validate(policy: &OnboardingPolicy) -> Result<(), Vec<String>> {
                 }
                 for a in &aws.accounts {
                     if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
-                        problems.push(format!("{at}.aws.accounts: {a:?} is not a 12-digit account"));
+                        problems.push(format!(
+                            "{at}.aws.accounts: {a:?} is not a 12-digit account"
+                        ));
                     }
                 }
                 if aws.ec2.is_some() == aws.ecs.is_some() {
@@ -243,7 +203,10 @@ pub fn validate(policy: &OnboardingPolicy) -> Result<(), Vec<String>> {
             }
             if let Some(jwt) = &m.jwt {
                 if !jwt.issuer.starts_with("https://") {
-                    problems.push(format!("{at}.jwt.issuer: {:?} must be an https URL", jwt.issuer));
+                    problems.push(format!(
+                        "{at}.jwt.issuer: {:?} must be an https URL",
+                        jwt.issuer
+                    ));
                 }
                 if jwt.attributes.iter().any(|a| a.name.is_empty()) {
                     problems.push(format!("{at}.jwt.attributes: name is required"));
@@ -340,7 +303,11 @@ spec:
         let ok = jwt("vm-1", &[("region", "us-east"), ("team", "a")]);
         assert!(evaluate(&ps, g, &ok).is_allowed());
 
-        let d = evaluate(&ps, g, &jwt("vm-3", &[("region", "us-east"), ("team", "a")]));
+        let d = evaluate(
+            &ps,
+            g,
+            &jwt("vm-3", &[("region", "us-east"), ("team", "a")]),
+        );
         assert!(d.to_string().contains("subject \"vm-3\""), "{d}");
         let d = evaluate(&ps, g, &jwt("vm-1", &[("region", "eu"), ("team", "a")]));
         assert!(d.to_string().contains("region=\"eu\""), "{d}");
@@ -354,7 +321,10 @@ spec:
             ..g
         };
         let d = evaluate(&ps, g2, &ok);
-        assert!(d.to_string().contains("match no workloadGroupSelector"), "{d}");
+        assert!(
+            d.to_string().contains("match no workloadGroupSelector"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -366,7 +336,11 @@ spec:
             name: "ratings",
             labels: &l,
         };
-        let d = evaluate(&ps, g, &jwt("vm-1", &[("region", "us-east"), ("team", "a")]));
+        let d = evaluate(
+            &ps,
+            g,
+            &jwt("vm-1", &[("region", "us-east"), ("team", "a")]),
+        );
         assert_eq!(d, Decision::Deny { considered: vec![] });
     }
 
@@ -457,6 +431,9 @@ spec:
         };
         let d = evaluate(&ps, g, &ec2("123456789012", None));
         assert!(!d.is_allowed());
-        assert!(d.to_string().contains("list the AWS accounts explicitly"), "{d}");
+        assert!(
+            d.to_string().contains("list the AWS accounts explicitly"),
+            "{d}"
+        );
     }
 }

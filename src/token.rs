@@ -157,7 +157,9 @@ impl SessionTokens {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn random_id() -> String {
@@ -225,7 +227,10 @@ mod tests {
         let mut tampered = tok.clone();
         tampered.pop();
         tampered.push(if tok.ends_with('A') { 'B' } else { 'A' });
-        assert!(matches!(a.verify(&tampered, now), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            a.verify(&tampered, now),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]

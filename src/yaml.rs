@@ -46,7 +46,9 @@ fn strip_location_suffix(msg: &str) -> String {
     let mut msg = msg.strip_prefix("error: ").unwrap_or(msg);
     if let Some(rest) = msg.strip_prefix("line ")
         && let Some((pos, tail)) = rest.split_once(": ")
-        && pos.split(" column ").all(|n| n.trim().parse::<u64>().is_ok())
+        && pos
+            .split(" column ")
+            .all(|n| n.trim().parse::<u64>().is_ok())
     {
         msg = tail;
     }
@@ -134,14 +136,15 @@ mod tests {
             kind: String,
         }
         let _: Kind = docs[0].parse(Path::new("f.yaml")).unwrap();
-        let err = docs[1]
-            .parse::<Small>(Path::new("f.yaml"))
-            .unwrap_err();
+        let err = docs[1].parse::<Small>(Path::new("f.yaml")).unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
         let shown = err.to_string();
         assert!(shown.starts_with("f.yaml:5: "), "{shown}");
         assert!(shown.contains("nmae"), "{shown}");
-        assert!(!shown.contains("line 3 column"), "location said once: {shown}");
+        assert!(
+            !shown.contains("line 3 column"),
+            "location said once: {shown}"
+        );
     }
 
     #[test]

@@ -38,12 +38,24 @@ fn jwt_onboarding_yields_war_schema_valid_entry_and_files() {
     let war: serde_json::Value = serde_saphyr::from_str(&read(&ep.war_path(WAR))).unwrap();
     assert_eq!(war["kind"], "WorkloadAutoRegistration");
     assert_eq!(war["spec"]["identity"]["jwt"]["subject"], "vm-0001");
-    assert_eq!(war["spec"]["identity"]["jwt"]["attributes"]["region"], "us-east");
-    assert_eq!(war["spec"]["workloadGroup"]["spec"]["template"]["serviceAccount"], "ratings-vm");
+    assert_eq!(
+        war["spec"]["identity"]["jwt"]["attributes"]["region"],
+        "us-east"
+    );
+    assert_eq!(
+        war["spec"]["workloadGroup"]["spec"]["template"]["serviceAccount"],
+        "ratings-vm"
+    );
     assert_eq!(war["status"]["conditions"][0]["type"], "AgentConnected");
     assert_eq!(war["status"]["conditions"][0]["status"], "True");
-    assert_eq!(war["status"]["activeAgentConnection"]["connectedTo"], "endpoint-test");
-    assert_eq!(war["metadata"]["ownerReferences"][0]["kind"], "WorkloadGroup");
+    assert_eq!(
+        war["status"]["activeAgentConnection"]["connectedTo"],
+        "endpoint-test"
+    );
+    assert_eq!(
+        war["metadata"]["ownerReferences"][0]["kind"],
+        "WorkloadGroup"
+    );
 
     // The WorkloadEntry validates against Istio's CRD schema and is owned by the WAR.
     let we: serde_json::Value = serde_saphyr::from_str(&read(&ep.we_path(WAR))).unwrap();
@@ -52,8 +64,14 @@ fn jwt_onboarding_yields_war_schema_valid_entry_and_files() {
     assert_eq!(we["spec"]["address"], "10.0.0.7");
     assert_eq!(we["spec"]["labels"]["app"], "ratings");
     assert_eq!(we["spec"]["labels"]["version"], "v5");
-    assert_eq!(we["metadata"]["ownerReferences"][0]["kind"], "WorkloadAutoRegistration");
-    assert_eq!(we["metadata"]["ownerReferences"][0]["uid"], war["metadata"]["uid"]);
+    assert_eq!(
+        we["metadata"]["ownerReferences"][0]["kind"],
+        "WorkloadAutoRegistration"
+    );
+    assert_eq!(
+        we["metadata"]["ownerReferences"][0]["uid"],
+        war["metadata"]["uid"]
+    );
 
     // The files, from the snapshot, without iptables.
     let env = file(&reg, "/var/lib/istio/envoy/cluster.env")["content"]
@@ -70,12 +88,17 @@ fn jwt_onboarding_yields_war_schema_valid_entry_and_files() {
         assert!(env.lines().any(|l| l == line), "{line} missing from\n{env}");
     }
     let token = file(&reg, "/var/run/secrets/tokens/istio-token");
-    assert_eq!(token["content"].as_str().unwrap().trim(), "istio-token-for-bookinfo-ratings-vm");
+    assert_eq!(
+        token["content"].as_str().unwrap().trim(),
+        "istio-token-for-bookinfo-ratings-vm"
+    );
     assert_eq!(token["mode"], 0o600);
-    assert!(file(&reg, "/etc/certs/root-cert.pem")["content"]
-        .as_str()
-        .unwrap()
-        .contains("TESTROOT"));
+    assert!(
+        file(&reg, "/etc/certs/root-cert.pem")["content"]
+            .as_str()
+            .unwrap()
+            .contains("TESTROOT")
+    );
     let hosts = &reg["bootstrap"]["hosts"];
     assert_eq!(hosts[0]["ip"], "10.20.30.40", "{hosts}");
 
@@ -107,7 +130,10 @@ fn denied_without_policy_and_with_non_matching_policy() {
     // A subject the policy does not list.
     let (s, e) = authorize(&ep, &vm_jwt("intruder", &ep.plane_uid));
     assert_eq!((s, e["code"].as_str()), (403, Some("policy_denied")), "{e}");
-    assert!(!e["message"].as_str().unwrap().contains("vm-0001"), "no policy details leak: {e}");
+    assert!(
+        !e["message"].as_str().unwrap().contains("vm-0001"),
+        "no policy details leak: {e}"
+    );
     // A namespace with a group but no policy at all.
     std::fs::write(
         ep.path("config/other.yaml"),
@@ -120,18 +146,25 @@ fn denied_without_policy_and_with_non_matching_policy() {
             "POST",
             "/v1/authorize",
             None,
-            Some(json!({"workloadGroup": {"namespace": "other", "name": "ratings"},
-                        "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}})),
+            Some(
+                json!({"workloadGroup": {"namespace": "other", "name": "ratings"},
+                        "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}}),
+            ),
         );
         assert_eq!((s, e["code"].as_str()), (403, Some("policy_denied")), "{e}");
-        if ep.log.lock().unwrap().contains("WorkloadGroup's namespace") || Instant::now() > deadline {
+        if ep.log.lock().unwrap().contains("WorkloadGroup's namespace") || Instant::now() > deadline
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = ep.log.lock().unwrap().clone();
     assert!(log.contains("onboarding denied"), "{log}");
-    assert!(log.contains("subject \\\"intruder\\\" not in subjects") || log.contains("subject \"intruder\" not in subjects"), "{log}");
+    assert!(
+        log.contains("subject \\\"intruder\\\" not in subjects")
+            || log.contains("subject \"intruder\" not in subjects"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -142,22 +175,38 @@ fn bad_credentials_each_get_their_own_error() {
     let cases = [
         (
             "wrong issuer",
-            sign_jwt("trusted-rs256", None, json!({"iss": "https://evil.example", "sub": "vm-0001", "aud": uid, "exp": t + 600})),
+            sign_jwt(
+                "trusted-rs256",
+                None,
+                json!({"iss": "https://evil.example", "sub": "vm-0001", "aud": uid, "exp": t + 600}),
+            ),
             "unknown_issuer",
         ),
         (
             "wrong audience",
-            sign_jwt("trusted-rs256", None, json!({"iss": ISSUER, "sub": "vm-0001", "aud": "another-plane", "exp": t + 600})),
+            sign_jwt(
+                "trusted-rs256",
+                None,
+                json!({"iss": ISSUER, "sub": "vm-0001", "aud": "another-plane", "exp": t + 600}),
+            ),
             "wrong_audience",
         ),
         (
             "expired",
-            sign_jwt("trusted-es256", None, json!({"iss": ISSUER, "sub": "vm-0001", "aud": uid, "exp": t - 3600})),
+            sign_jwt(
+                "trusted-es256",
+                None,
+                json!({"iss": ISSUER, "sub": "vm-0001", "aud": uid, "exp": t - 3600}),
+            ),
             "credential_expired",
         ),
         (
             "forged",
-            sign_jwt("attacker-rs256", Some("trusted-rs256"), json!({"iss": ISSUER, "sub": "vm-0001", "aud": uid, "exp": t + 600})),
+            sign_jwt(
+                "attacker-rs256",
+                Some("trusted-rs256"),
+                json!({"iss": ISSUER, "sub": "vm-0001", "aud": uid, "exp": t + 600}),
+            ),
             "invalid_signature",
         ),
         ("garbage", "not.a.jwt".to_string(), "malformed_credential"),
@@ -168,7 +217,11 @@ fn bad_credentials_each_get_their_own_error() {
         assert!((400..500).contains(&s), "{what}: {s}");
     }
     // ES256 works as well as RS256.
-    let es = sign_jwt("trusted-es256", None, json!({"iss": ISSUER, "sub": "vm-0002", "aud": uid, "exp": t + 600}));
+    let es = sign_jwt(
+        "trusted-es256",
+        None,
+        json!({"iss": ISSUER, "sub": "vm-0002", "aud": uid, "exp": t + 600}),
+    );
     assert_eq!(authorize(&ep, &es).0, 200);
     // Session calls without or with a bad token.
     let (s, e) = ep.call("POST", "/v1/keepalive", None, None);
@@ -178,8 +231,17 @@ fn bad_credentials_each_get_their_own_error() {
     // Oversized and malformed bodies.
     let big = "x".repeat(70 * 1024);
     let (s, e) = ep.call("POST", "/v1/authorize", None, Some(json!({"pad": big})));
-    assert_eq!((s, e["code"].as_str()), (413, Some("payload_too_large")), "{e}");
-    let (s, e) = ep.call("POST", "/v1/authorize", None, Some(json!({"workloadGroup": 1})));
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{e}"
+    );
+    let (s, e) = ep.call(
+        "POST",
+        "/v1/authorize",
+        None,
+        Some(json!({"workloadGroup": 1})),
+    );
     assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{e}");
 }
 
@@ -190,13 +252,19 @@ fn same_identity_reuses_its_war_and_snapshot_is_isolated() {
     let uid_before = read(&ep.war_path(WAR));
 
     // The group changes: existing registrations keep their snapshot.
-    let changed = endpoint::WORKLOAD_GROUP.replace("serviceAccount: ratings-vm", "serviceAccount: ratings-v2");
+    let changed = endpoint::WORKLOAD_GROUP
+        .replace("serviceAccount: ratings-vm", "serviceAccount: ratings-v2");
     std::fs::write(ep.path("config/workloadgroup.yaml"), changed).unwrap();
     std::thread::sleep(Duration::from_millis(800)); // the watcher reloads
     let (token, again) = onboard(&ep, "vm-0001");
     assert_eq!(again["reused"], true);
     assert_eq!(again["registration"], first["registration"]);
-    let env = |r: &serde_json::Value| file(r, "/var/lib/istio/envoy/cluster.env")["content"].as_str().unwrap().to_string();
+    let env = |r: &serde_json::Value| {
+        file(r, "/var/lib/istio/envoy/cluster.env")["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(env(&again), env(&first), "snapshot, not the live group");
     let war: serde_json::Value = serde_saphyr::from_str(&read(&ep.war_path(WAR))).unwrap();
     let before: serde_json::Value = serde_saphyr::from_str(&uid_before).unwrap();
@@ -211,10 +279,18 @@ fn same_identity_reuses_its_war_and_snapshot_is_isolated() {
     assert!(ok, "{out}{err}");
     assert!(!ep.we_path(WAR).exists(), "WorkloadEntry goes with its WAR");
     let (s, e) = ep.call("POST", "/v1/keepalive", Some(&token), None);
-    assert_eq!((s, e["code"].as_str()), (410, Some("registration_gone")), "{e}");
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (410, Some("registration_gone")),
+        "{e}"
+    );
     let (_t, fresh) = onboard(&ep, "vm-0001");
     assert_eq!(fresh["reused"], false);
-    assert!(env(&fresh).contains("SERVICE_ACCOUNT='ratings-v2'"), "{}", env(&fresh));
+    assert!(
+        env(&fresh).contains("SERVICE_ACCOUNT='ratings-v2'"),
+        "{}",
+        env(&fresh)
+    );
 }
 
 #[test]
@@ -239,7 +315,9 @@ fn disconnected_registrations_are_deleted_after_the_grace_period() {
     let mut saw_false = false;
     while ep.war_path(WAR).exists() && Instant::now() < deadline {
         if let Ok(text) = std::fs::read_to_string(ep.war_path(WAR)) {
-            saw_false |= text.contains("status: 'False'") || text.contains("status: \"False\"") || text.contains("status: False");
+            saw_false |= text.contains("status: 'False'")
+                || text.contains("status: \"False\"")
+                || text.contains("status: False");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -265,7 +343,10 @@ fn restart_loses_no_registration_and_sessions_survive() {
     assert_eq!(s, 200, "{k}");
     let (ok, out, _) = ep.cli(&["get", "war", "-n", "bookinfo"]);
     assert!(ok && out.lines().count() == 3, "{out}");
-    assert!(out.starts_with("NAME"), "no NAMESPACE column without -A: {out}");
+    assert!(
+        out.starts_with("NAME"),
+        "no NAMESPACE column without -A: {out}"
+    );
 }
 
 #[test]
@@ -283,7 +364,11 @@ fn unregister_deletes_and_returns_the_propagation_delay() {
 fn config_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("endpoint.yaml");
-    std::fs::write(&cfg, "store:\n  file: {configDir: c, stateDir: s}\nregistration: {gracePeriod: 5 minutes}\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "store:\n  file: {configDir: c, stateDir: s}\nregistration: {gracePeriod: 5 minutes}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -291,10 +376,17 @@ fn config_errors_are_clear() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("endpoint.yaml:3") && err.contains("duration"), "{err}");
+    assert!(
+        err.contains("endpoint.yaml:3") && err.contains("duration"),
+        "{err}"
+    );
     // No certificate and no --dev: refuse to serve.
     std::fs::create_dir_all(dir.path().join("c")).unwrap();
-    std::fs::write(&cfg, "listen: 127.0.0.1:0\nstore:\n  file: {configDir: c, stateDir: s}\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "listen: 127.0.0.1:0\nstore:\n  file: {configDir: c, stateDir: s}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -302,7 +394,10 @@ fn config_errors_are_clear() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--dev") && err.contains("tls.certFile"), "{err}");
+    assert!(
+        err.contains("--dev") && err.contains("tls.certFile"),
+        "{err}"
+    );
     // The state dir got the signing key with 0600.
     let mode = std::fs::metadata(dir.path().join("s/session-signing-key.pem"))
         .unwrap()

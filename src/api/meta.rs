@@ -188,8 +188,16 @@ mod tests {
         };
         assert!(sel.matches(&labels(&[("app", "ratings"), ("tier", "a")])));
         assert!(!sel.matches(&labels(&[("app", "ratings"), ("tier", "c")])));
-        assert!(!sel.matches(&labels(&[("app", "ratings"), ("tier", "a"), ("legacy", "")])));
-        assert!(!sel.matches(&labels(&[("app", "ratings"), ("tier", "a"), ("env", "prod")])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "ratings"),
+            ("tier", "a"),
+            ("legacy", "")
+        ])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "ratings"),
+            ("tier", "a"),
+            ("env", "prod")
+        ])));
         assert!(!sel.matches(&labels(&[("app", "other"), ("tier", "a")])));
         let bad = LabelSelector {
             match_expressions: vec![LabelSelectorRequirement {

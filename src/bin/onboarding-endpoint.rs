@@ -21,7 +21,11 @@ use workload_onboarding::{atomic, bootstrap, token};
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
 
 #[derive(Parser)]
-#[command(name = "onboarding-endpoint", version, about = "Workload onboarding endpoint")]
+#[command(
+    name = "onboarding-endpoint",
+    version,
+    about = "Workload onboarding endpoint"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -130,7 +134,9 @@ fn run() -> Result<()> {
                     print!("{}", cli::describe(&w));
                     Ok(())
                 }
-                None => bail!("workloadautoregistration {name:?} not found in namespace {namespace}"),
+                None => {
+                    bail!("workloadautoregistration {name:?} not found in namespace {namespace}")
+                }
             }
         }
         Command::Delete {
@@ -154,7 +160,9 @@ fn run() -> Result<()> {
 fn check_resource(r: &str) -> Result<()> {
     match r {
         "war" | "wars" | "workloadautoregistration" | "workloadautoregistrations" => Ok(()),
-        other => bail!("unknown resource {other:?}: this tool manages `war` (WorkloadAutoRegistration)"),
+        other => {
+            bail!("unknown resource {other:?}: this tool manages `war` (WorkloadAutoRegistration)")
+        }
     }
 }
 
@@ -238,12 +246,9 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(|| state.join("session-signing-key.pem"));
     let key_pem = read_or_create(&key_path, 0o600, || Ok(token::generate_signing_key_pem()?))?;
-    let tokens = token::SessionTokens::from_pem(
-        &key_pem,
-        &plane_uid,
-        cfg.token_issuer.expiration.as_std(),
-    )
-    .with_context(|| format!("session signing key {}", key_path.display()))?;
+    let tokens =
+        token::SessionTokens::from_pem(&key_pem, &plane_uid, cfg.token_issuer.expiration.as_std())
+            .with_context(|| format!("session signing key {}", key_path.display()))?;
 
     let (cert_file, key_file) = match (&cfg.tls, dev) {
         (Some(t), _) => (t.cert_file.clone(), t.key_file.clone()),
@@ -350,7 +355,10 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

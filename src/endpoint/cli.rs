@@ -7,7 +7,11 @@ use crate::api::registration::WorkloadAutoRegistration;
 use crate::timestamp;
 
 /// `kubectl get war [-A]`: columns padded to the widest cell plus three spaces.
-pub fn war_table(wars: &[WorkloadAutoRegistration], all_namespaces: bool, now: SystemTime) -> String {
+pub fn war_table(
+    wars: &[WorkloadAutoRegistration],
+    all_namespaces: bool,
+    now: SystemTime,
+) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["NAME", "AGENT CONNECTED", "AGE"];
     if all_namespaces {
@@ -83,7 +87,11 @@ pub fn describe(war: &WorkloadAutoRegistration) -> String {
         let _ = writeln!(out, "  Creation Timestamp:  {ts}");
     }
     for o in &war.metadata.owner_references {
-        let _ = writeln!(out, "  Owner References:\n    Kind:  {}\n    Name:  {}", o.kind, o.name);
+        let _ = writeln!(
+            out,
+            "  Owner References:\n    Kind:  {}\n    Name:  {}",
+            o.kind, o.name
+        );
     }
     if let Ok(v) = serde_json::to_value(&war.spec) {
         let _ = writeln!(out, "Spec:");

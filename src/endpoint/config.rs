@@ -302,11 +302,10 @@ impl EndpointConfig {
         let mut cfg: EndpointConfig = crate::yaml::from_str(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate()
-            .map_err(|message| ConfigError::Invalid {
-                message,
-                path: path.to_path_buf(),
-            })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            message,
+            path: path.to_path_buf(),
+        })?;
         Ok(cfg)
     }
 
@@ -345,11 +344,17 @@ impl EndpointConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.kind != "EndpointConfiguration" {
-            return Err(format!("kind must be EndpointConfiguration, not {:?}", self.kind));
+            return Err(format!(
+                "kind must be EndpointConfiguration, not {:?}",
+                self.kind
+            ));
         }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("listen: {:?} is not host:port (e.g. 0.0.0.0:15443)", self.listen))?;
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!(
+                "listen: {:?} is not host:port (e.g. 0.0.0.0:15443)",
+                self.listen
+            )
+        })?;
         if self.token_issuer.expiration.as_std() < std::time::Duration::from_secs(60) {
             return Err("tokenIssuer.expiration: must be at least 1m".into());
         }
@@ -411,15 +416,21 @@ mod tests {
         )
         .unwrap();
         let e = EndpointConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("gracePeriood") && e.contains("endpoint.yaml:4"), "{e}");
+        assert!(
+            e.contains("gracePeriood") && e.contains("endpoint.yaml:4"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_listen_is_explained() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.yaml");
-        std::fs::write(&p, "listen: localhost\nstore:\n  file: {configDir: c, stateDir: s}\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "listen: localhost\nstore:\n  file: {configDir: c, stateDir: s}\n",
+        )
+        .unwrap();
         let e = EndpointConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
     }

@@ -56,10 +56,12 @@ impl Renderer {
             .as_ref()
             .and_then(|s| s.connected_over)
             .unwrap_or_default();
-        let instance_ip = registration::workload_address(reg).ok().map(|ip| match connected_over {
-            AddressType::Vpc => InstanceIp::Internal(ip),
-            AddressType::Internet => InstanceIp::External(ip),
-        });
+        let instance_ip = registration::workload_address(reg)
+            .ok()
+            .map(|ip| match connected_over {
+                AddressType::Vpc => InstanceIp::Internal(ip),
+                AddressType::Internet => InstanceIp::External(ip),
+            });
         // The sidecar's revision wins over the endpoint's default: the agent knows which
         // istio-sidecar package is installed.
         let revision = reg

@@ -41,7 +41,8 @@ fn json_reply<T: serde::Serialize>(value: &T, status: StatusCode) -> warp::reply
 }
 
 fn error_reply(e: &ApiError) -> warp::reply::Response {
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_reply(e, status)
 }
 
@@ -291,28 +292,26 @@ pub async fn serve<S: Store>(
                 }
             };
             let request_timeout = opts.request_timeout;
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let mut inner = warp_svc.clone();
-                async move {
-                    match tokio::time::timeout(request_timeout, inner.call(req)).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(error_reply(&ApiError {
-                            code: ErrorCode::BadRequest,
-                            message: "request took too long".into(),
-                        })),
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let mut inner = warp_svc.clone();
+                    async move {
+                        match tokio::time::timeout(request_timeout, inner.call(req)).await {
+                            Ok(r) => r,
+                            Err(_) => Ok(error_reply(&ApiError {
+                                code: ErrorCode::BadRequest,
+                                message: "request took too long".into(),
+                            })),
+                        }
                     }
-                }
-            });
+                });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(opts.request_timeout);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

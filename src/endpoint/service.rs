@@ -21,8 +21,8 @@ use crate::identity::{VerifyContext, VerifyError};
 use crate::policy::{self, Decision, GroupRef};
 use crate::registration::{self, connection, naming};
 use crate::store::{Store, StoreError};
-use crate::token::{SessionClaims, SessionTokens, TokenError};
 use crate::timestamp;
+use crate::token::{SessionClaims, SessionTokens, TokenError};
 
 use super::render::Renderer;
 
@@ -234,9 +234,12 @@ impl<S: Store> Service<S> {
                 TokenError::Expired => api(ErrorCode::SessionExpired, e.to_string()),
                 other => api(ErrorCode::SessionInvalid, other.to_string()),
             })?;
-        let reg = claims
-            .registration()
-            .ok_or_else(|| api(ErrorCode::SessionInvalid, "session token has no registration"))?;
+        let reg = claims.registration().ok_or_else(|| {
+            api(
+                ErrorCode::SessionInvalid,
+                "session token has no registration",
+            )
+        })?;
         Ok((claims, reg))
     }
 
@@ -269,7 +272,10 @@ impl<S: Store> Service<S> {
             None => {
                 let group = self
                     .store
-                    .workload_group(&claims.workload_group.namespace, &claims.workload_group.name)
+                    .workload_group(
+                        &claims.workload_group.namespace,
+                        &claims.workload_group.name,
+                    )
                     .ok_or_else(|| {
                         api(
                             ErrorCode::PolicyDenied,

@@ -72,7 +72,10 @@ pub fn server_config(
 
 /// A development CA and a server certificate for `names`, written to `dir` (`ca.pem`,
 /// `tls.crt`, `tls.key` 0600). Reused when already there, so agents keep trusting it.
-pub fn dev_certificate(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf, PathBuf), TlsError> {
+pub fn dev_certificate(
+    dir: &Path,
+    names: &[String],
+) -> Result<(PathBuf, PathBuf, PathBuf), TlsError> {
     let ca_path = dir.join("ca.pem");
     let crt_path = dir.join("tls.crt");
     let key_path = dir.join("tls.key");

@@ -141,7 +141,10 @@ pub fn new_war(
     now: &str,
 ) -> WorkloadAutoRegistration {
     let mut labels = BTreeMap::new();
-    labels.insert(LABEL_WORKLOAD_GROUP.to_string(), group.metadata.name.clone());
+    labels.insert(
+        LABEL_WORKLOAD_GROUP.to_string(),
+        group.metadata.name.clone(),
+    );
     WorkloadAutoRegistration {
         api_version: war_api::API_VERSION.to_string(),
         kind: war_api::KIND.to_string(),

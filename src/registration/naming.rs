@@ -17,32 +17,12 @@ const HASH_LEN: usize = 10;
 /// issuer's `shortName` (JWT identities only).
 pub fn raw_identity_part(identity: &WorkloadIdentity, jwt_short_name: Option<&str>) -> String {
     match identity {
-        WorkloadIdentity::Aws(a) => match (&a.ec2, &a.ecs) {
-            (_, Some(ecs)) => format!(
-                "aws-{}-{}-{}-ecs-{}-{}",
-                a.partition, a.account, a.region, ecs.cluster, ecs.task_id
-            ),
-            (Some(ec2), None) => format!(
-                "aws-{}-{}-{}-ec2-{}",
-                a.partition, a.account, a.zone, ec2.instance_id
-            ),
-            (None, None) => format!("aws-{}-{}-{}", a.partition, a.account, a.region),
-        },
         WorkloadIdentity::Jwt(j) => {
             format!("jwt-{}-{}", jwt_short_name.unwrap_or("jwt"), j.subject)
         }
-        WorkloadIdentity::Gcp(g) => format!(
-            "gcp-{}-{}-gce-{}",
-            g.project_id,
-            g.zone,
-            g.gce.as_ref().map(|x| x.instance_id.as_str()).unwrap_or("")
-        ),
-        WorkloadIdentity::Azure(z) => format!(
-            "azure-{}-{}-vm-{}",
-            z.subscription,
-            z.resource_group,
-            z.compute.as_ref().map(|c| c.instance_id.as_str()).unwrap_or("")
-        ),
+        WorkloadIdentity::Aws(a) => crate::identity::aws::name_part(a),
+        WorkloadIdentity::Gcp(g) => crate::identity::gcp::name_part(g),
+        WorkloadIdentity::Azure(z) => crate::identity::azure::name_part(z),
     }
 }
 

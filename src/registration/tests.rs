@@ -103,11 +103,21 @@ fn war_keeps_a_snapshot_and_an_owner_reference() {
 fn workload_entry_derives_from_snapshot_not_live_group() {
     let w = war();
     let we = workload_entry(&w).unwrap();
-    assert_eq!(we.spec.address.as_deref(), Some("10.0.0.7"), "VPC by default");
+    assert_eq!(
+        we.spec.address.as_deref(),
+        Some("10.0.0.7"),
+        "VPC by default"
+    );
     assert_eq!(we.spec.service_account.as_deref(), Some("ratings-vm"));
     assert_eq!(we.spec.network.as_deref(), Some("vm-net"));
-    assert_eq!(we.spec.labels.get("app").map(String::as_str), Some("ratings"));
-    assert_eq!(we.spec.labels.get("version").map(String::as_str), Some("v5"));
+    assert_eq!(
+        we.spec.labels.get("app").map(String::as_str),
+        Some("ratings")
+    );
+    assert_eq!(
+        we.spec.labels.get("version").map(String::as_str),
+        Some("v5")
+    );
     assert_eq!(we.metadata.owner_references[0].kind, KIND);
     assert_eq!(we.metadata.owner_references[0].uid, "war-uid-1");
     assert_eq!(
@@ -177,11 +187,23 @@ fn connection_transitions_and_grace() {
     let grace = Duration::from_secs(300);
     // Never connected: counts from creation (long ago here).
     assert!(is_expired(&w, t0, grace));
-    assert!(mark_connected(&mut w, "ep-1", &crate::timestamp::format(t0)));
-    assert!(!mark_connected(&mut w, "ep-1", &crate::timestamp::format(t0)));
+    assert!(mark_connected(
+        &mut w,
+        "ep-1",
+        &crate::timestamp::format(t0)
+    ));
+    assert!(!mark_connected(
+        &mut w,
+        "ep-1",
+        &crate::timestamp::format(t0)
+    ));
     assert_eq!(w.agent_connected(), ConditionStatus::True);
     assert!(!is_expired(&w, t0 + Duration::from_secs(10_000), grace));
-    assert!(mark_connected(&mut w, "ep-2", &crate::timestamp::format(t0)));
+    assert!(mark_connected(
+        &mut w,
+        "ep-2",
+        &crate::timestamp::format(t0)
+    ));
     let t1 = t0 + Duration::from_secs(60);
     assert!(mark_disconnected(
         &mut w,

@@ -380,7 +380,10 @@ impl Store for FileStore {
             .unwrap_or(Duration::from_secs(3600));
         let raw = if let Some(path) = &src.file {
             std::fs::read_to_string(path).map_err(|e| {
-                StoreError::Token(format!("cannot read istioToken.file {}: {e}", path.display()))
+                StoreError::Token(format!(
+                    "cannot read istioToken.file {}: {e}",
+                    path.display()
+                ))
             })?
         } else if let Some(cmd) = src.command.as_ref().filter(|c| !c.is_empty()) {
             let out = tokio_block(|| {
@@ -392,7 +395,9 @@ impl Store for FileStore {
                     .env("EXPIRATION_SECONDS", ttl.as_secs().to_string())
                     .output()
             })
-            .map_err(|e| StoreError::Token(format!("cannot run istioToken.command {:?}: {e}", cmd[0])))?;
+            .map_err(|e| {
+                StoreError::Token(format!("cannot run istioToken.command {:?}: {e}", cmd[0]))
+            })?;
             if !out.status.success() {
                 return Err(StoreError::Token(format!(
                     "istioToken.command {:?} failed ({}): {}",
@@ -421,7 +426,10 @@ fn remove_if_exists(p: &Path) -> Result<bool, StoreError> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(StoreError::Io(format!("cannot delete {}: {e}", p.display()))),
+        Err(e) => Err(StoreError::Io(format!(
+            "cannot delete {}: {e}",
+            p.display()
+        ))),
     }
 }
 
@@ -502,8 +510,15 @@ mod tests {
         assert!(s.workload_group("n", "a").is_some());
         std::fs::write(&f, "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: a, namespace: n}\nspec: {tmplate: {}}\n").unwrap();
         let problems = s.reload();
-        assert!(problems.iter().any(|p| p.is_error && p.message.contains("tmplate")));
-        assert!(s.workload_group("n", "a").is_some(), "last good content stays");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error && p.message.contains("tmplate"))
+        );
+        assert!(
+            s.workload_group("n", "a").is_some(),
+            "last good content stays"
+        );
         std::fs::remove_file(&f).unwrap();
         s.reload();
         assert!(s.workload_group("n", "a").is_none());

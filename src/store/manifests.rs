@@ -255,7 +255,10 @@ impl Index {
             return Ok(serde_json::Value::Object(Default::default()));
         };
         yaml::from_str::<serde_json::Value>(
-            Path::new(&format!("ConfigMap {}/{name} key mesh", self.istio_namespace)),
+            Path::new(&format!(
+                "ConfigMap {}/{name} key mesh",
+                self.istio_namespace
+            )),
             mesh,
         )
         .map_err(|e| e.to_string())

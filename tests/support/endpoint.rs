@@ -396,8 +396,10 @@ pub fn authorize(ep: &Endpoint, jwt: &str) -> (u16, serde_json::Value) {
         "POST",
         "/v1/authorize",
         None,
-        Some(serde_json::json!({"workloadGroup": {"namespace": NS, "name": "ratings"},
-                                "credential": {"type": "jwt", "token": jwt}})),
+        Some(
+            serde_json::json!({"workloadGroup": {"namespace": NS, "name": "ratings"},
+                                "credential": {"type": "jwt", "token": jwt}}),
+        ),
     )
 }
 
@@ -406,7 +408,12 @@ pub fn onboard(ep: &Endpoint, sub: &str) -> (String, serde_json::Value) {
     let (s, a) = authorize(ep, &vm_jwt(sub, &ep.plane_uid));
     assert_eq!(s, 200, "authorize: {a}");
     let token = a["token"].as_str().unwrap().to_string();
-    let (s, r) = ep.call("POST", "/v1/register", Some(&token), Some(registration_body()));
+    let (s, r) = ep.call(
+        "POST",
+        "/v1/register",
+        Some(&token),
+        Some(registration_body()),
+    );
     assert_eq!(s, 200, "register: {r}");
     (token, r)
 }
