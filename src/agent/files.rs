@@ -172,6 +172,7 @@ mod tests {
             mode,
             content: content.into(),
             restart_on_change: restart,
+            owner: None,
         }
     }
 

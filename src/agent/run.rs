@@ -709,6 +709,7 @@ mod tests {
                 mode: 0o644,
                 content: "A=1\n".into(),
                 restart_on_change: true,
+                owner: None,
             }],
             ..Bootstrap::default()
         };

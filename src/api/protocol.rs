@@ -161,6 +161,9 @@ pub struct BootstrapFile {
     /// such as the istio-token).
     #[serde(default = "default_true")]
     pub restart_on_change: bool,
+    /// User that should own the file (e.g. `istio-proxy`, which pilot-agent runs as).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn default_true() -> bool {

@@ -57,6 +57,11 @@ pub struct FileSpec {
     /// Whether a change to this file needs a sidecar restart.
     #[serde(default = "yes")]
     pub restart_on_change: bool,
+    /// User that must own the file on the VM (pilot-agent runs as `istio-proxy` and must be
+    /// able to read the 0600 token). The agent applies it when it runs as root and the user
+    /// exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn yes() -> bool {

@@ -233,6 +233,7 @@ impl Renderer {
                 mode: spec.mode,
                 content,
                 restart_on_change: spec.restart_on_change,
+                owner: spec.owner.clone(),
             });
         }
         Ok(Bootstrap {
