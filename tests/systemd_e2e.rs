@@ -166,7 +166,7 @@ impl Harness {
             )
             .map(|o| o.stdout)
             .unwrap_or_else(|e| e);
-        let ep_log = self.ep.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let ep_log = nspawn::strip_ansi(&self.ep.log.lock().map(|l| l.clone()).unwrap_or_default());
         format!(
             "\n--- systemctl status\n{status}\n--- journalctl -u {AGENT_UNIT} -u {SIDECAR_UNIT}\n{}\n--- agent state {STATE}\n{}\n--- sidecar starts\n{}\n--- endpoint log (tail)\n{}\n--- container console (tail)\n{}",
             self.ct.journal(&[AGENT_UNIT, SIDECAR_UNIT]),
@@ -488,7 +488,7 @@ fn agent_under_systemd_onboards_restarts_the_sidecar_and_unregisters_on_stop() {
 }
 
 #[test]
-fn debootstrap_mirror_comes_from_the_apt_sources() {
+fn harness_pure_parts_mirror_from_apt_sources_cache_key_ansi() {
     let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.test/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\nComponents: main\n";
     let sources = vec![
         (
@@ -523,6 +523,11 @@ fn debootstrap_mirror_comes_from_the_apt_sources() {
     )];
     assert_eq!(nspawn::debian_mirror(&disabled, "bookworm"), None);
     assert_eq!(nspawn::debian_mirror(&sources, "trixie"), None);
+
+    assert_eq!(
+        nspawn::strip_ansi("\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mx\u{1b}[0m."),
+        "  OK  ] Started x."
+    );
 
     // The cache key follows the package list.
     assert_ne!(

@@ -70,26 +70,26 @@ fn in_path(cmd: &str) -> bool {
 
 /// What is missing on this host to boot a container, if anything.
 pub fn missing_prerequisites() -> Option<String> {
-    let mut missing = Vec::new();
+    let mut problems = Vec::new();
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        missing.push("root (systemd-nspawn and nsenter need it)".to_string());
+        problems.push("not running as root (systemd-nspawn and nsenter need it)".to_string());
     }
     let need_debootstrap = !cached_root_path().is_file();
     for (cmd, only_for_build) in HOST_COMMANDS {
         if (!only_for_build || need_debootstrap) && !in_path(cmd) {
-            missing.push(format!("the `{cmd}` command"));
+            problems.push(format!("no `{cmd}` command"));
         }
     }
     if !Path::new("/sys/fs/cgroup").is_dir() {
-        missing.push("a cgroup file system at /sys/fs/cgroup".to_string());
+        problems.push("no cgroup file system at /sys/fs/cgroup".to_string());
     }
-    if missing.is_empty() {
+    if problems.is_empty() {
         None
     } else {
         Some(format!(
-            "missing {} (install with: apt-get install -y {HOST_PACKAGES}; run as root)",
-            missing.join(", ")
+            "{} (as root: apt-get install -y {HOST_PACKAGES})",
+            problems.join(", ")
         ))
     }
 }
@@ -324,6 +324,26 @@ pub fn cached_root() -> (PathBuf, bool) {
     assert!(out.ok(), "tar of the root failed: {}", out.stderr);
     std::fs::rename(&partial, &tarball).unwrap_or_else(|e| panic!("{}: {e}", tarball.display()));
     (tarball, true)
+}
+
+/// `text` without ANSI escape sequences (systemd's and tracing's colours), for reports.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte (@ to ~).
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn tail(text: &str, lines: usize) -> String {
@@ -605,7 +625,7 @@ impl Container {
     }
 
     pub fn console(&self) -> String {
-        self.console.lock().map(|c| c.clone()).unwrap_or_default()
+        strip_ansi(&self.console.lock().map(|c| c.clone()).unwrap_or_default())
     }
 
     fn nspawn_exited(&mut self) -> Option<ExitStatus> {
