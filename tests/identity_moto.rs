@@ -1,0 +1,245 @@
+//! The endpoint's AWS API client and the ECS STS proof against moto's server (a real local
+//! implementation of the AWS APIs, from PyPI: `pip install 'moto[server]'`). Setup in moto
+//! is done with boto3 (installed with moto), the AWS SDK for Python.
+//!
+//! Without moto this test says so and passes, unless CI=true (then missing moto fails).
+#![cfg(all(feature = "endpoint", feature = "agent"))]
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use workload_onboarding::identity::VerifyError;
+use workload_onboarding::identity::aws::api::{AwsApi, AwsApiConfig, AwsApiError};
+use workload_onboarding::identity::aws::ecs::{self, EcsConfig};
+use workload_onboarding::identity::simulator::{
+    SimulatedHost, Simulator, SimulatorKeys, SimulatorServer,
+};
+
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_command() -> Option<Command> {
+    let ok = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ok(Command::new("moto_server").arg("--help")) {
+        return Some(Command::new("moto_server"));
+    }
+    if ok(Command::new("python3").args(["-c", "import moto.server"])) {
+        let mut c = Command::new("python3");
+        c.args(["-m", "moto.server"]);
+        return Some(c);
+    }
+    None
+}
+
+fn start_moto() -> Option<Moto> {
+    let Some(mut cmd) = moto_command() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("moto is not installed (CI=true): pip install 'moto[server]'");
+        }
+        eprintln!("SKIPPED: moto is not installed; pip install 'moto[server]' to run this test");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = cmd
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let moto = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(moto)
+}
+
+/// Run a boto3 script against moto; returns its stdout (trimmed).
+fn boto3(moto: &Moto, script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import boto3, json, sys\nE = {:?}\ndef c(s): return boto3.client(s, endpoint_url=E, region_name='us-east-1')\n{script}",
+            moto.url
+        ))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn api(moto: &Moto, require_running: bool) -> AwsApi {
+    AwsApi::new(AwsApiConfig {
+        endpoint: Some(moto.url.clone()),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        session_token: None,
+        require_running,
+    })
+}
+
+#[test]
+fn instance_role_and_state_through_describe_instances_and_get_instance_profile() {
+    let Some(moto) = start_moto() else { return };
+    let ids = boto3(
+        &moto,
+        r#"
+iam = c('iam'); ec2 = c('ec2')
+iam.create_role(RoleName='web-role', AssumeRolePolicyDocument='{}')
+iam.create_instance_profile(InstanceProfileName='web-profile')
+iam.add_role_to_instance_profile(InstanceProfileName='web-profile', RoleName='web-role')
+ami = ec2.describe_images()['Images'][0]['ImageId']
+a = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, IamInstanceProfile={'Name': 'web-profile'})['Instances'][0]['InstanceId']
+b = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)['Instances'][0]['InstanceId']
+ec2.stop_instances(InstanceIds=[b])
+print(a, b)
+"#,
+    );
+    let (with_role, stopped) = ids.split_once(' ').unwrap();
+
+    let info = api(&moto, false)
+        .describe_instance("us-east-1", with_role)
+        .unwrap();
+    assert_eq!(info.state, "running");
+    assert!(
+        info.instance_profile_arn
+            .unwrap()
+            .ends_with("instance-profile/web-profile")
+    );
+    assert_eq!(
+        api(&moto, true)
+            .instance_role("aws", "us-east-1", with_role)
+            .unwrap(),
+        Some("web-role".to_string())
+    );
+    // No instance profile: no role (a policy listing iamRoleNames will not match).
+    assert_eq!(
+        api(&moto, false)
+            .instance_role("aws", "us-east-1", stopped)
+            .unwrap(),
+        None
+    );
+    // Require running: the stopped instance is refused.
+    match api(&moto, true).instance_role("aws", "us-east-1", stopped) {
+        Err(AwsApiError::NotRunning { state, .. }) => {
+            assert!(state == "stopped" || state == "stopping")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        api(&moto, false).instance_role("aws", "us-east-1", "i-00000000000000000"),
+        Err(AwsApiError::NoSuchInstance(_))
+    ));
+}
+
+#[test]
+fn ecs_task_role_proof_through_sts() {
+    let Some(moto) = start_moto() else { return };
+    let task_id = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let creds = boto3(
+        &moto,
+        &format!(
+            r#"
+iam = c('iam')
+arn = iam.create_role(RoleName='app-task-role', AssumeRolePolicyDocument='{{}}')['Role']['Arn']
+cr = c('sts').assume_role(RoleArn=arn, RoleSessionName='{task_id}')['Credentials']
+print(json.dumps({{'AccessKeyId': cr['AccessKeyId'], 'SecretAccessKey': cr['SecretAccessKey'], 'Token': cr['SessionToken'], 'Expiration': str(cr['Expiration']), 'RoleArn': arn}}))
+"#
+        ),
+    );
+    // The simulator plays the ECS container credentials and task metadata endpoints.
+    let host = SimulatedHost {
+        ecs_credentials: Some(serde_json::from_str(&creds).unwrap()),
+        ecs_task_metadata: Some(serde_json::json!({
+            "Cluster": "arn:aws:ecs:us-east-1:123456789012:cluster/prod",
+            "TaskARN": format!("arn:aws:ecs:us-east-1:123456789012:task/prod/{task_id}"),
+            "AvailabilityZone": "us-east-1a",
+        })),
+        ..SimulatedHost::default()
+    };
+    let keys =
+        SimulatorKeys::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/cloud-sim"))
+            .unwrap();
+    let sim = SimulatorServer::start(Arc::new(Simulator::new(keys, host)), 0).unwrap();
+    let t = Duration::from_secs(5);
+
+    // Agent half.
+    let task_creds =
+        ecs::fetch_task_credentials(&sim.base_url(), Some("/v2/credentials/sim"), None, None, t)
+            .unwrap();
+    let metadata = ecs::fetch_task_metadata(&format!("{}/v4", sim.base_url()), t).unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sts_url = format!("{}/", moto.url);
+    let signed =
+        ecs::sign_get_caller_identity(&task_creds, &sts_url, "us-east-1", "plane-1", now).unwrap();
+
+    // Endpoint half.
+    let cfg = EcsConfig {
+        allowed_sts: vec![moto.url.clone()],
+    };
+    let id = ecs::verify(&signed, Some(&metadata), &cfg, "plane-1").unwrap();
+    let e = id.ecs.as_ref().unwrap();
+    assert_eq!(e.task_id, task_id);
+    assert_eq!(e.cluster, "prod");
+    assert_eq!(e.iam_role.as_ref().unwrap().name, "app-task-role");
+    assert_eq!(id.account, "123456789012");
+
+    // The same signed request presented to another plane.
+    assert!(matches!(
+        ecs::verify(&signed, Some(&metadata), &cfg, "plane-2"),
+        Err(VerifyError::WrongAudience { .. })
+    ));
+    // An STS address the endpoint was not configured for is never called.
+    let other = EcsConfig {
+        allowed_sts: vec!["https://sts.amazonaws.com".into()],
+    };
+    assert!(matches!(
+        ecs::verify(&signed, Some(&metadata), &other, "plane-1"),
+        Err(VerifyError::Invalid(_))
+    ));
+    // Task metadata claiming another task than the one STS vouches for.
+    let mut lying = metadata.clone();
+    lying["TaskARN"] = serde_json::json!("arn:aws:ecs:us-east-1:123456789012:task/prod/ffff");
+    assert!(matches!(
+        ecs::verify(&signed, Some(&lying), &cfg, "plane-1"),
+        Err(VerifyError::Invalid(_))
+    ));
+}
