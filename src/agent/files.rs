@@ -35,8 +35,61 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot give {} to user {owner}: {source}", path.display())]
+    Chown {
+        path: PathBuf,
+        owner: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Write(#[from] atomic::WriteError),
+}
+
+/// uid and gid of a local user, or None when there is no such user.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, which outlive the call; `result` is
+    // either null or points at `pwd`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+}
+
+/// Hands `target` to `owner` when the agent can (it runs as root) and the user exists; the
+/// istio-sidecar package creates `istio-proxy`, so before it is installed there is nobody
+/// to give the file to and root keeps it.
+fn apply_owner(target: &Path, owner: &str) -> Result<(), FilesError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Some((uid, gid)) = lookup_user(owner) else {
+        tracing::debug!(%owner, path = %target.display(), "no such user; leaving the file to root");
+        return Ok(());
+    };
+    let meta = std::fs::metadata(target).map_err(|source| FilesError::Read {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    if std::os::unix::fs::MetadataExt::uid(&meta) == uid {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(target, Some(uid), Some(gid)).map_err(|source| FilesError::Chown {
+        path: target.to_path_buf(),
+        owner: owner.to_string(),
+        source,
+    })
 }
 
 /// What a file on disk needs to match what the endpoint sent.
@@ -158,6 +211,9 @@ pub fn apply(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesError
                 applied.restart_needed |= file.restart_on_change;
             }
         }
+        if let Some(owner) = &file.owner {
+            apply_owner(target, owner)?;
+        }
     }
     Ok(applied)
 }
@@ -174,6 +230,30 @@ mod tests {
             restart_on_change: restart,
             owner: None,
         }
+    }
+
+    #[test]
+    fn owner_is_applied_when_root_and_user_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = file("/etc/certs/token", 0o600, "x", false);
+        // `nobody` exists on every Debian system; a missing user is not an error.
+        f.owner = Some("nobody".into());
+        let mut g = file("/etc/certs/other", 0o600, "y", false);
+        g.owner = Some("no-such-user-here".into());
+        apply(dir.path(), &[f, g]).unwrap();
+        let meta = std::fs::metadata(dir.path().join("etc/certs/token")).unwrap();
+        let nobody = lookup_user("nobody").map(|(u, _)| u);
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(Some(std::os::unix::fs::MetadataExt::uid(&meta)), nobody);
+        } else {
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), unsafe {
+                libc::geteuid()
+            });
+        }
+        let other = std::fs::metadata(dir.path().join("etc/certs/other")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&other), unsafe {
+            libc::geteuid()
+        });
     }
 
     #[test]
