@@ -30,7 +30,7 @@ const AGENT_UNIT: &str = "onboarding-agent.service";
 const SIDECAR_UNIT: &str = "istio-sidecar.service";
 const CLUSTER_ENV: &str = "/var/lib/istio/envoy/cluster.env";
 const TOKEN: &str = "/var/run/secrets/tokens/istio-token";
-const STARTS: &str = "/run/istio-sidecar-starts";
+const STARTS: &str = "/run/istio-sidecar/starts";
 const STATE: &str = "/var/lib/onboarding-agent/state.json";
 
 const SIDECAR_STANDIN_UNIT: &str = "\
@@ -40,15 +40,25 @@ Description=Stand-in for Istio's sidecar (test): records each start, then sleeps
 StartLimitIntervalSec=0
 
 [Service]
+# As Istio's istio-start.sh runs pilot-agent.
+User=istio-proxy
+RuntimeDirectory=istio-sidecar
+RuntimeDirectoryPreserve=yes
 ExecStart=/usr/local/bin/istio-sidecar-standin
 ";
 
 const SIDECAR_STANDIN: &str = "\
 #!/bin/sh
-# Records this start (PID = the unit's MainPID, since the shell execs) and the digest of the
-# cluster.env it found, so the test can tell the restart came after the files were written.
+# Records this start (PID = the unit's MainPID, since the shell execs), the digest of the
+# cluster.env it found and whether it (as istio-proxy) can read its token, so the test can
+# tell the restart came after the files were written and that they are usable.
 sum=$(sha256sum /var/lib/istio/envoy/cluster.env 2>/dev/null | cut -d' ' -f1)
-echo \"$$ ${sum:-none}\" >> /run/istio-sidecar-starts
+token=missing
+if [ -e /var/run/secrets/tokens/istio-token ]; then
+  token=unreadable
+  cat /var/run/secrets/tokens/istio-token >/dev/null 2>&1 && token=readable
+fi
+echo \"$$ ${sum:-none} $token\" >> /run/istio-sidecar/starts
 exec sleep infinity
 ";
 
@@ -228,14 +238,16 @@ impl Harness {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// The sidecar stand-in's starts: (pid, digest of the cluster.env it saw or "none").
-    fn sidecar_starts(&self) -> Vec<(u32, String)> {
+    /// The sidecar stand-in's starts: (pid, digest of the cluster.env it saw or "none",
+    /// whether it could read the istio-token).
+    fn sidecar_starts(&self) -> Vec<(u32, String, String)> {
         self.file(STARTS)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
-                let (pid, sum) = l.split_once(' ')?;
-                Some((pid.parse().ok()?, sum.to_string()))
+                let mut f = l.split_whitespace();
+                let pid = f.next()?.parse().ok()?;
+                Some((pid, f.next()?.to_string(), f.next()?.to_string()))
             })
             .collect()
     }
@@ -260,12 +272,19 @@ impl Harness {
         self.wait(
             "the sidecar stand-in to record its start",
             Duration::from_secs(10),
-            || self.sidecar_starts().last().is_some_and(|(p, _)| *p == pid),
+            || {
+                self.sidecar_starts()
+                    .last()
+                    .is_some_and(|(p, _, _)| *p == pid)
+            },
         );
         let starts = self.sidecar_starts();
-        let (_, seen) = starts.last().cloned().unwrap_or_default();
+        let (_, seen, token) = starts.last().cloned().unwrap_or_default();
         self.check(seen == current, || {
             format!("the sidecar (pid {pid}) started on cluster.env {seen}, but the file on disk is {current}: restarted before the files were written?")
+        });
+        self.check(token == "readable", || {
+            format!("the sidecar (pid {pid}, user istio-proxy) found its istio-token {token}")
         });
     }
 }
@@ -309,7 +328,19 @@ fn agent_under_systemd_onboards_restarts_the_sidecar_and_unregisters_on_stop() {
         )
     });
 
-    // The sidecar runs before onboarding (no files yet), as an installed package's would.
+    // What the istio-sidecar package's postinst does: its system user, then its unit runs
+    // (without files yet) before anything onboards.
+    let useradd = h.ct.exec(&[
+        "useradd",
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "istio-proxy",
+    ]);
+    h.check(useradd.ok(), || {
+        format!("useradd istio-proxy: {}", useradd.stderr)
+    });
     h.systemctl(&["start", SIDECAR_UNIT]);
     let pid0 = h.main_pid(SIDECAR_UNIT);
     h.check(pid0 != 0, || "istio-sidecar.service has no MainPID".into());
@@ -335,15 +366,18 @@ fn agent_under_systemd_onboards_restarts_the_sidecar_and_unregisters_on_stop() {
     });
     h.check_started_on_current_files(pid1);
 
-    // The files, inside the container, at the istio-sidecar package's paths with Istio's modes.
-    for (path, mode) in [
-        (CLUSTER_ENV, 0o644),
-        ("/etc/istio/config/mesh", 0o644),
-        ("/etc/certs/root-cert.pem", 0o644),
-        (TOKEN, 0o600),
+    // The files, inside the container, at the istio-sidecar package's paths with Istio's
+    // modes; the token belongs to istio-proxy, whom pilot-agent runs as.
+    for (path, mode, owner) in [
+        (CLUSTER_ENV, 0o644, "root"),
+        ("/etc/istio/config/mesh", 0o644, "root"),
+        ("/etc/certs/root-cert.pem", 0o644, "root"),
+        (TOKEN, 0o600, "istio-proxy"),
     ] {
-        match h.ct.mode(path) {
-            Ok(m) => h.check(m == mode, || format!("{path}: mode {m:o}, want {mode:o}")),
+        match h.ct.stat(path) {
+            Ok((m, o)) => h.check(m == mode && o == owner, || {
+                format!("{path}: mode {m:o} owner {o}, want {mode:o} {owner}")
+            }),
             Err(e) => h.fail(&format!("{path} not written in the container: {e}")),
         }
     }
@@ -432,7 +466,7 @@ fn agent_under_systemd_onboards_restarts_the_sidecar_and_unregisters_on_stop() {
     });
     let starts = h.sidecar_starts();
     h.check(
-        starts.iter().map(|(p, _)| *p).collect::<Vec<_>>() == vec![pid0, pid1, pid2],
+        starts.iter().map(|(p, _, _)| *p).collect::<Vec<_>>() == vec![pid0, pid1, pid2],
         || format!("sidecar starts {starts:?}, want exactly [{pid0}, {pid1}, {pid2}]"),
     );
 

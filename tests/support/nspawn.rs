@@ -615,13 +615,20 @@ impl Container {
             .map(|o| o.stdout)
     }
 
-    /// A file's permission bits, as the container sees it.
-    pub fn mode(&self, abs: &str) -> Result<u32, String> {
-        let out = self.exec_timeout(&["stat", "-c", "%a", "--", abs], Duration::from_secs(20))?;
+    /// A file's permission bits and owner's name, as the container sees them.
+    pub fn stat(&self, abs: &str) -> Result<(u32, String), String> {
+        let out =
+            self.exec_timeout(&["stat", "-c", "%a %U", "--", abs], Duration::from_secs(20))?;
         if !out.ok() {
             return Err(out.stderr.trim().to_string());
         }
-        u32::from_str_radix(out.stdout.trim(), 8).map_err(|e| format!("{abs}: {e}"))
+        let (mode, owner) = out
+            .stdout
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("stat {abs}: {:?}", out.stdout))?;
+        let mode = u32::from_str_radix(mode, 8).map_err(|e| format!("{abs}: {e}"))?;
+        Ok((mode, owner.to_string()))
     }
 
     pub fn console(&self) -> String {
