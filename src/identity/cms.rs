@@ -633,49 +633,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn indefinite_lengths_and_segmented_octet_strings_become_der() {
-        // SEQUENCE (indefinite) { [0] (indefinite) { OCTET STRING (constructed, indefinite)
-        //   { "ab", "c" } } }
-        let ber = [
-            0x30, 0x80, 0xa0, 0x80, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0x00,
-            0x00, 0x00, 0x00, 0x00, 0x00,
-        ];
-        let der = ber_to_der(&ber).unwrap();
-        assert_eq!(
-            der,
-            vec![0x30, 0x07, 0xa0, 0x05, 0x04, 0x03, b'a', b'b', b'c']
-        );
-    }
-
-    #[test]
-    fn der_input_is_unchanged() {
-        let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x04, 0x01, 0xff];
-        assert_eq!(ber_to_der(&der).unwrap(), der.to_vec());
-    }
-
-    #[test]
-    fn hostile_inputs_are_refused_not_panicking() {
-        assert!(ber_to_der(&[0x30, 0x80]).is_err()); // no end-of-contents
-        assert!(ber_to_der(&[0x30, 0x05, 0x04]).is_err()); // overrun
-        assert!(ber_to_der(&[0x04, 0x80]).is_err()); // indefinite primitive
-        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 100).flatten().collect();
-        assert!(ber_to_der(&deep).is_err());
-        assert!(ber_to_der(&[0x24, 0x03, 0x02, 0x01, 0x00]).is_err()); // non-octet segment
-    }
-
-    #[test]
-    fn long_lengths_are_written_minimally() {
-        let mut out = Vec::new();
-        write_len(&mut out, 300);
-        assert_eq!(out, vec![0x82, 0x01, 0x2c]);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Signing (the cloud metadata simulator and tests: the shape AWS and Azure produce)
 
@@ -771,4 +728,47 @@ pub fn build_signed_data(
     }
     .to_der()
     .map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indefinite_lengths_and_segmented_octet_strings_become_der() {
+        // SEQUENCE (indefinite) { [0] (indefinite) { OCTET STRING (constructed, indefinite)
+        //   { "ab", "c" } } }
+        let ber = [
+            0x30, 0x80, 0xa0, 0x80, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let der = ber_to_der(&ber).unwrap();
+        assert_eq!(
+            der,
+            vec![0x30, 0x07, 0xa0, 0x05, 0x04, 0x03, b'a', b'b', b'c']
+        );
+    }
+
+    #[test]
+    fn der_input_is_unchanged() {
+        let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x04, 0x01, 0xff];
+        assert_eq!(ber_to_der(&der).unwrap(), der.to_vec());
+    }
+
+    #[test]
+    fn hostile_inputs_are_refused_not_panicking() {
+        assert!(ber_to_der(&[0x30, 0x80]).is_err()); // no end-of-contents
+        assert!(ber_to_der(&[0x30, 0x05, 0x04]).is_err()); // overrun
+        assert!(ber_to_der(&[0x04, 0x80]).is_err()); // indefinite primitive
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 100).flatten().collect();
+        assert!(ber_to_der(&deep).is_err());
+        assert!(ber_to_der(&[0x24, 0x03, 0x02, 0x01, 0x00]).is_err()); // non-octet segment
+    }
+
+    #[test]
+    fn long_lengths_are_written_minimally() {
+        let mut out = Vec::new();
+        write_len(&mut out, 300);
+        assert_eq!(out, vec![0x82, 0x01, 0x2c]);
+    }
 }
