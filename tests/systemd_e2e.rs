@@ -13,6 +13,7 @@
 //! Needs root, systemd-nspawn, nsenter and (once, to build the cached root) debootstrap:
 //! `apt-get install -y systemd-container debootstrap`. Without them the test prints a
 //! SKIPPED line and passes, except under CI=true, where it fails.
+//! More in docs/testing-systemd.md.
 
 #[path = "support/endpoint.rs"]
 mod endpoint;
