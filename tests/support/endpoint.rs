@@ -187,7 +187,16 @@ istioToken:
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"));
+        // The endpoint dies with the test process, even when that is SIGKILLed.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
