@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::identity::{AzureComputeIdentity, AzureIdentity};
+use crate::api::identity::AzureIdentity;
 use crate::api::policy::AzureIdentityMatcher;
 use crate::identity::aws::listed;
 
@@ -95,6 +95,7 @@ mod verify {
     use x509_cert::Certificate;
 
     use super::*;
+    use crate::api::identity::AzureComputeIdentity;
     use crate::identity::VerifyError;
     use crate::identity::cms::{self, CmsError, SignedMessage};
 
@@ -434,6 +435,7 @@ mod collect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::identity::AzureComputeIdentity;
     use crate::api::policy::AzureComputeMatcher;
 
     fn id() -> AzureIdentity {

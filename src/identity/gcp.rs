@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use crate::api::identity::{GceIdentity, GcpIdentity};
+use crate::api::identity::GcpIdentity;
 use crate::api::policy::GcpIdentityMatcher;
 use crate::identity::aws::listed;
 
@@ -91,6 +91,7 @@ mod verify {
     use serde_json::Value;
 
     use super::*;
+    use crate::api::identity::GceIdentity;
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -481,6 +482,7 @@ mod collect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::identity::GceIdentity;
     use crate::api::policy::GceMatcher;
 
     fn id() -> GcpIdentity {
