@@ -160,6 +160,9 @@ mesh:
   istiodGateway: 10.20.30.40
 istioToken:
   command: [sh, -c, "echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT"]
+# Small enough that an oversized test body still fits the socket buffers: the endpoint
+# answers 413 without reading it, and a larger body would meet a closed connection.
+server: {{maxBodyBytes: 8192}}
 "#,
                 exp = opts.token_expiration,
                 grace = opts.grace,
