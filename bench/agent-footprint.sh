@@ -14,9 +14,18 @@ idle=${IDLE_SECONDS:-60}
 cd "$repo"
 
 echo "# building"
-cargo build --quiet --release --no-default-features --features agent --bin onboarding-agent
+if [ -n "${AGENT_BIN:-}" ]; then
+    # A prebuilt agent (e.g. from another target directory); its size is reported as is.
+    agent_bin=$AGENT_BIN
+    release_size=""
+else
+    cargo build --quiet --release --no-default-features --features agent --bin onboarding-agent
+    release_size=$(stat -c %s "$repo/target/release/onboarding-agent")
+    cargo build --quiet --profile release-agent --no-default-features --features agent --bin onboarding-agent
+    # The measurements below run the size-optimised build that packages ship.
+    agent_bin=$repo/target/release-agent/onboarding-agent
+fi
 cargo build --quiet --bin onboarding-endpoint
-agent_bin=$repo/target/release/onboarding-agent
 endpoint_bin=$repo/target/debug/onboarding-endpoint
 
 work=$(mktemp -d)
@@ -98,6 +107,8 @@ switches() {
 sleep 1
 peak=$(status_kb VmHWM)
 steady=$(status_kb VmRSS)
+rss_file=$(status_kb RssFile)
+rss_anon=$(status_kb RssAnon)
 threads=$(ls /proc/"$agent_pid"/task | wc -l)
 before=$(switches)
 sleep "$idle"
@@ -106,14 +117,19 @@ steady_after=$(status_kb VmRSS)
 size=$(stat -c %s "$agent_bin")
 
 echo
-echo "binary size (stripped, release, agent-only): $size bytes ($(awk -v b="$size" 'BEGIN {printf "%.2f", b / 1048576}') MiB)"
-echo "    cargo build --release --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release/onboarding-agent"
+mib() { awk -v b="$1" 'BEGIN {printf "%.2f", b / 1048576}'; }
+echo "binary size (stripped, profile release-agent: opt-level s, panic abort): $size bytes ($(mib "$size") MiB)"
+echo "    cargo build --profile release-agent --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release-agent/onboarding-agent"
+if [ -n "$release_size" ]; then
+    echo "binary size (stripped, profile release): $release_size bytes ($(mib "$release_size") MiB)"
+    echo "    cargo build --release --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release/onboarding-agent"
+fi
 echo "start-to-restart on loopback: $(( (restarted - start) / 1000000 )) ms"
 echo "    time from spawning the agent to the first line its restart script writes"
 echo "peak RSS during onboarding: $peak kB"
 echo "    VmHWM in /proc/<pid>/status once connected"
 echo "steady RSS while connected: $steady kB (after ${idle}s idle: $steady_after kB)"
-echo "    VmRSS in /proc/<pid>/status"
+echo "    VmRSS in /proc/<pid>/status; of it file-backed (binary and libraries) $rss_file kB, anonymous (heap, stacks) $rss_anon kB (RssFile, RssAnon)"
 echo "wake-ups during ${idle}s idle (no keep-alive due): $((after - before)) across $threads threads"
 echo "    sum of voluntary_ctxt_switches + nonvoluntary_ctxt_switches over /proc/<pid>/task/*/status, before and after"
 

@@ -8,6 +8,7 @@
 //! `run` ties them together.
 
 pub mod backoff;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credential;

@@ -5,50 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use clap::{Parser, Subcommand};
+use workload_onboarding::agent::cli::{self, Command};
 use workload_onboarding::agent::config;
 use workload_onboarding::agent::run::{Daemon, Event, Options};
-use workload_onboarding::agent::state::{DEFAULT_STATE_FILE, State};
-use workload_onboarding::agent::{log, signals, watcher};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "onboarding-agent",
-    version,
-    about = "Onboards this host into an Istio mesh through the onboarding endpoint, writes the sidecar's files, restarts it and stays connected"
-)]
-struct Cli {
-    /// The OnboardingConfiguration file [default: /etc/onboarding-agent/onboarding.config.yaml]
-    /// (or set ONBOARDING_CONFIG to its content).
-    #[arg(long, value_name = "PATH")]
-    onboarding_config: Option<PathBuf>,
-    /// The AgentConfiguration file, optional [default: /etc/onboarding-agent/agent.config.yaml]
-    /// (or set AGENT_CONFIG to its content).
-    #[arg(long, value_name = "PATH")]
-    agent_config: Option<PathBuf>,
-    /// Prefix for every host path the agent writes (sidecar files, /etc/hosts).
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    root: PathBuf,
-    /// Where the agent keeps its state (read by `onboarding-agent status`).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_STATE_FILE, global = true)]
-    state_file: PathBuf,
-    /// The command that restarts the sidecar, overriding sidecar.restartCommand
-    /// [default: systemctl restart istio-sidecar.service]. Takes the rest of the line.
-    #[arg(long, value_name = "CMD", num_args = 1.., allow_hyphen_values = true)]
-    restart_command: Option<Vec<String>>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print the running agent's state (endpoint, registration, expiries, last error).
-    Status {
-        /// Print the raw JSON state instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use workload_onboarding::agent::state::State;
+use workload_onboarding::agent::{VERSION, log, signals, watcher};
 
 fn main() -> ExitCode {
     // Before any thread exists, so that every thread inherits the blocked signals and only
@@ -57,15 +18,27 @@ fn main() -> ExitCode {
         eprintln!("error: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    if let Some(Command::Status { json }) = cli.command {
-        return status(&cli.state_file, json);
-    }
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Status { state_file, json }) => return status(&state_file, json),
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("onboarding-agent {VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     log::init();
 
     let request = config::Request {
-        onboarding_config: cli.onboarding_config.clone(),
-        agent_config: cli.agent_config.clone(),
+        onboarding_config: args.onboarding_config.clone(),
+        agent_config: args.agent_config.clone(),
     };
     let loaded = match config::load(&request, &|name| std::env::var(name).ok()) {
         Ok(l) => l,
@@ -77,9 +50,9 @@ fn main() -> ExitCode {
     let (tx, rx) = mpsc::channel();
     let opts = Options {
         request,
-        root: cli.root,
-        state_file: cli.state_file,
-        restart_command: cli.restart_command,
+        root: args.root,
+        state_file: args.state_file,
+        restart_command: args.restart_command,
     };
     let watched = loaded.watched_file().map(PathBuf::from);
     let daemon = match Daemon::new(opts, loaded, rx) {
