@@ -21,8 +21,9 @@ use crate::api::agent_config::OnboardingEndpoint;
 use crate::api::meta::NamespacedName;
 use crate::api::protocol::{
     ApiError, AuthorizeRequest, AuthorizeResponse, Bootstrap, Credential, DiscoveryResponse,
-    ErrorCode, KeepAliveResponse, PATH_AUTHORIZE, PATH_BOOTSTRAP, PATH_DISCOVERY, PATH_KEEPALIVE,
-    PATH_REGISTER, PATH_UNREGISTER, RegisterRequest, RegisterResponse, UnregisterResponse,
+    ErrorCode, KeepAliveResponse, NonceResponse, PATH_AUTHORIZE, PATH_BOOTSTRAP, PATH_DISCOVERY,
+    PATH_KEEPALIVE, PATH_NONCE, PATH_REGISTER, PATH_UNREGISTER, RegisterRequest, RegisterResponse,
+    UnregisterResponse,
 };
 use crate::api::registration::Registration;
 
@@ -308,6 +309,29 @@ impl Client {
             credential,
         };
         self.post("authorization", PATH_AUTHORIZE, None, &body)
+    }
+
+    /// Authorize again while a session is live, presenting its token: the endpoint then
+    /// continues this agent's session instead of refusing a second one for the same cloud
+    /// host.
+    pub fn renew(
+        &self,
+        workload_group: &NamespacedName,
+        credential: Credential,
+        current_token: &str,
+    ) -> Result<AuthorizeResponse, ClientError> {
+        let body = AuthorizeRequest {
+            workload_group: workload_group.clone(),
+            credential,
+        };
+        self.post("authorization", PATH_AUTHORIZE, Some(current_token), &body)
+    }
+
+    /// A single-use nonce for credentials that carry one (Azure attested data).
+    pub fn nonce(&self) -> Result<NonceResponse, ClientError> {
+        let url = format!("{}{PATH_NONCE}", self.base_url);
+        let resp = self.agent.post(&url).send_empty();
+        self.finish("nonce", &url, resp)
     }
 
     pub fn register(

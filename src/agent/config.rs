@@ -299,6 +299,19 @@ pub fn validate_onboarding(cfg: &OnboardingConfiguration) -> Result<(), FieldErr
     Ok(())
 }
 
+/// The cloud host kinds take no settings yet (`ec2: {}`); the metadata addresses come from
+/// the environment (docs/identity.md). Anything else is refused rather than ignored.
+fn check_empty_settings(field: &str, v: Option<&serde_json::Value>) -> Result<(), FieldError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
+        Some(other) => Err(field_err(
+            field,
+            format!("takes no settings (write {{}}), got {other}"),
+        )),
+    }
+}
+
 pub fn validate_agent(cfg: &AgentConfiguration) -> Result<(), FieldError> {
     check_type_meta(&cfg.api_version, &cfg.kind, "AgentConfiguration")?;
     if let Some(host) = &cfg.host {
@@ -318,17 +331,19 @@ pub fn validate_agent(cfg: &AgentConfiguration) -> Result<(), FieldError> {
                 "set exactly one of auto, custom, aws, gcp, azure",
             ));
         }
-        for (name, present) in [
-            ("aws", host.aws.is_some()),
-            ("gcp", host.gcp.is_some()),
-            ("azure", host.azure.is_some()),
-        ] {
-            if present {
-                return Err(field_err(
-                    format!("host.{name}"),
-                    "cloud platform credentials are not supported by this agent yet; use host.custom.credential",
-                ));
+        if let Some(aws) = &host.aws {
+            if aws.ec2.is_some() && aws.ecs.is_some() {
+                return Err(field_err("host.aws", "set ec2 or ecs, not both"));
             }
+            for (name, v) in [("ec2", &aws.ec2), ("ecs", &aws.ecs)] {
+                check_empty_settings(&format!("host.aws.{name}"), v.as_ref())?;
+            }
+        }
+        if let Some(g) = &host.gcp {
+            check_empty_settings("host.gcp.gce", g.gce.as_ref())?;
+        }
+        if let Some(a) = &host.azure {
+            check_empty_settings("host.azure.compute", a.compute.as_ref())?;
         }
         if let Some(custom) = &host.custom {
             if custom.credential.is_empty() {

@@ -1,12 +1,15 @@
 //! Where the host's platform credential comes from. Each source turns the plane UID (the
-//! audience) into a [`Credential`]; cloud platforms plug in here through the same trait.
+//! audience) into a [`Credential`]: a JWT file or plugin (`host.custom`), or a cloud
+//! platform's metadata service (`host.aws`, `host.gcp`, `host.azure`, `host.auto`) through
+//! the agent half of its `identity` module.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::agent_config::{CredentialSource, Plugin};
+use crate::api::agent_config::{CredentialSource, HostEnvironment, Plugin};
 use crate::api::protocol::Credential;
-use crate::identity::plugin;
+use crate::identity::detect::{self, MetadataAddresses, Platform};
+use crate::identity::{aws, azure, gcp, plugin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -24,6 +27,15 @@ pub enum CredentialError {
         "no credential source configured: set host.custom.credential in the agent configuration (a JWT file or a credential plugin)"
     )]
     NoneConfigured,
+    #[error(
+        "no credential source configured, and host: auto found no cloud metadata service (AWS EC2 or ECS, GCP, Azure) answering within {0:?}: set host.custom.credential in the agent configuration (a JWT file or a credential plugin), or host.aws, host.gcp or host.azure"
+    )]
+    NothingDetected(Duration),
+    #[error("{platform}: {message}")]
+    Cloud {
+        platform: &'static str,
+        message: String,
+    },
 }
 
 /// One way to obtain the host's credential.
@@ -32,6 +44,16 @@ pub trait CredentialProvider: Send + Sync {
     fn describe(&self) -> String;
     /// A credential addressed to `audience` (the plane UID).
     fn credential(&self, audience: &str) -> Result<Credential, CredentialError>;
+
+    /// The same, for sources whose credential carries a nonce from the endpoint (Azure):
+    /// `nonce` asks the endpoint for one. Other sources ignore it.
+    fn credential_with_nonce(
+        &self,
+        audience: &str,
+        _nonce: &dyn Fn() -> Result<String, String>,
+    ) -> Result<Credential, CredentialError> {
+        self.credential(audience)
+    }
 }
 
 /// A JWT read from a file on every use, so that whatever keeps the file fresh (a sidecar of
@@ -133,9 +155,20 @@ pub fn obtain(
     providers: &[Box<dyn CredentialProvider>],
     audience: &str,
 ) -> Result<(Credential, String), CredentialError> {
+    obtain_with_nonce(providers, audience, &|| {
+        Err("this caller cannot fetch a nonce from the endpoint".to_string())
+    })
+}
+
+/// [`obtain`], with a way to get a nonce from the endpoint for sources that need one.
+pub fn obtain_with_nonce(
+    providers: &[Box<dyn CredentialProvider>],
+    audience: &str,
+    nonce: &dyn Fn() -> Result<String, String>,
+) -> Result<(Credential, String), CredentialError> {
     let mut failures = Vec::new();
     for p in providers {
-        match p.credential(audience) {
+        match p.credential_with_nonce(audience, nonce) {
             Ok(c) => return Ok((c, p.describe())),
             Err(e) => failures.push(e),
         }
@@ -151,6 +184,279 @@ pub fn obtain(
                 .collect::<Vec<_>>()
                 .join("; "),
         }),
+    }
+}
+
+/// Where the cloud metadata services are. The defaults are the real link-local addresses;
+/// the `ONBOARDING_AGENT_*` variables move them (tests and demos point them at
+/// `cloud-metadata-simulator`), and ECS's own variables are read as the ECS agent sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEndpoints {
+    /// `ONBOARDING_AGENT_AWS_IMDS`, default `http://169.254.169.254`.
+    pub aws_imds: String,
+    /// `ONBOARDING_AGENT_GCP_METADATA`, default `http://169.254.169.254`
+    /// (metadata.google.internal).
+    pub gcp_metadata: String,
+    /// `ONBOARDING_AGENT_AZURE_IMDS`, default `http://169.254.169.254`.
+    pub azure_imds: String,
+    /// Base of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`: `ONBOARDING_AGENT_ECS_CREDENTIALS_HOST`,
+    /// default `http://169.254.170.2`.
+    pub ecs_credentials_host: String,
+    pub ecs_relative_uri: Option<String>,
+    pub ecs_full_uri: Option<String>,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN` (with `_FULL_URI`).
+    pub ecs_authorization: Option<String>,
+    /// `ECS_CONTAINER_METADATA_URI_V4`.
+    pub ecs_metadata_uri: Option<String>,
+    /// The STS address the ECS proof is signed for: `ONBOARDING_AGENT_AWS_STS_URL`, default
+    /// `https://sts.amazonaws.com/` (the endpoint's default allowed STS).
+    pub sts_url: String,
+    /// `ONBOARDING_AGENT_AWS_STS_REGION`, default the region in a regional STS address, else
+    /// `us-east-1`.
+    pub sts_region: String,
+    /// Per metadata request (the probes of `host: auto` use their own, shorter timeout).
+    pub timeout: Duration,
+}
+
+const LINK_LOCAL: &str = "http://169.254.169.254";
+
+impl CloudEndpoints {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> CloudEndpoints {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let sts_url = get("ONBOARDING_AGENT_AWS_STS_URL")
+            .unwrap_or_else(|| "https://sts.amazonaws.com/".to_string());
+        let sts_region = get("ONBOARDING_AGENT_AWS_STS_REGION").unwrap_or_else(|| {
+            sts_url
+                .split("://")
+                .nth(1)
+                .and_then(|h| h.strip_prefix("sts."))
+                .and_then(|h| h.split_once('.'))
+                .map(|(r, _)| r.to_string())
+                .filter(|r| r != "amazonaws")
+                .unwrap_or_else(|| "us-east-1".to_string())
+        });
+        CloudEndpoints {
+            aws_imds: get("ONBOARDING_AGENT_AWS_IMDS").unwrap_or_else(|| LINK_LOCAL.into()),
+            gcp_metadata: get("ONBOARDING_AGENT_GCP_METADATA").unwrap_or_else(|| LINK_LOCAL.into()),
+            azure_imds: get("ONBOARDING_AGENT_AZURE_IMDS").unwrap_or_else(|| LINK_LOCAL.into()),
+            ecs_credentials_host: get("ONBOARDING_AGENT_ECS_CREDENTIALS_HOST")
+                .unwrap_or_else(|| "http://169.254.170.2".into()),
+            ecs_relative_uri: get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+            ecs_full_uri: get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            ecs_authorization: get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+            ecs_metadata_uri: get("ECS_CONTAINER_METADATA_URI_V4"),
+            sts_url,
+            sts_region,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// What `host: auto` probes.
+    pub fn probe_addresses(&self) -> MetadataAddresses {
+        MetadataAddresses {
+            aws_imds: self.aws_imds.clone(),
+            gcp_metadata: self.gcp_metadata.clone(),
+            azure_imds: self.azure_imds.clone(),
+            ecs_credentials_env: self.ecs_relative_uri.is_some() || self.ecs_full_uri.is_some(),
+            timeout: detect::PROBE_TIMEOUT,
+        }
+    }
+}
+
+fn cloud_err(platform: &'static str, e: impl std::fmt::Display) -> CredentialError {
+    CredentialError::Cloud {
+        platform,
+        message: e.to_string(),
+    }
+}
+
+/// AWS EC2: the identity document and its `rsa2048` PKCS#7 over IMDSv2.
+pub struct Ec2Imds {
+    pub base: String,
+    pub timeout: Duration,
+}
+
+impl CredentialProvider for Ec2Imds {
+    fn describe(&self) -> String {
+        format!("AWS EC2 instance metadata at {}", self.base)
+    }
+
+    fn credential(&self, _audience: &str) -> Result<Credential, CredentialError> {
+        // The document has no audience: the endpoint binds it to the connection instead.
+        let c = aws::imds::fetch_identity(&self.base, self.timeout)
+            .map_err(|e| cloud_err("aws-ec2", e))?;
+        Ok(Credential::AwsEc2 {
+            document: c.document,
+            rsa2048: Some(c.rsa2048),
+            signature: None,
+            pkcs7: None,
+        })
+    }
+}
+
+/// AWS ECS: the task role signs STS GetCallerIdentity, bound to the plane UID.
+pub struct EcsTask {
+    pub endpoints: CloudEndpoints,
+}
+
+impl CredentialProvider for EcsTask {
+    fn describe(&self) -> String {
+        format!(
+            "AWS ECS task role (STS request signed for {})",
+            self.endpoints.sts_url
+        )
+    }
+
+    fn credential(&self, audience: &str) -> Result<Credential, CredentialError> {
+        let e = &self.endpoints;
+        let creds = aws::ecs::fetch_task_credentials(
+            &e.ecs_credentials_host,
+            e.ecs_relative_uri.as_deref(),
+            e.ecs_full_uri.as_deref(),
+            e.ecs_authorization.as_deref(),
+            e.timeout,
+        )
+        .map_err(|err| cloud_err("aws-ecs", err))?;
+        let task_metadata = match &e.ecs_metadata_uri {
+            Some(uri) => Some(
+                aws::ecs::fetch_task_metadata(uri, e.timeout)
+                    .map_err(|err| cloud_err("aws-ecs", err))?,
+            ),
+            None => {
+                return Err(cloud_err(
+                    "aws-ecs",
+                    "ECS_CONTAINER_METADATA_URI_V4 is not set: the task metadata (task ARN, cluster) is needed",
+                ));
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let signed =
+            aws::ecs::sign_get_caller_identity(&creds, &e.sts_url, &e.sts_region, audience, now)
+                .map_err(|err| cloud_err("aws-ecs", err))?;
+        Ok(Credential::AwsEcs {
+            signed_request: serde_json::to_value(&signed)
+                .map_err(|err| cloud_err("aws-ecs", err))?,
+            task_metadata,
+        })
+    }
+}
+
+/// GCP: a GCE identity token for the plane UID (`format=full`).
+pub struct GceMetadata {
+    pub base: String,
+    pub timeout: Duration,
+}
+
+impl CredentialProvider for GceMetadata {
+    fn describe(&self) -> String {
+        format!("GCE metadata server at {}", self.base)
+    }
+
+    fn credential(&self, audience: &str) -> Result<Credential, CredentialError> {
+        let token = gcp::fetch_identity_token(&self.base, audience, self.timeout)
+            .map_err(|e| cloud_err("gcp", e))?;
+        Ok(Credential::Gcp { token })
+    }
+}
+
+/// Azure: attested data signed over a nonce the endpoint issued, and the VM's compute
+/// metadata.
+pub struct AzureImds {
+    pub base: String,
+    pub timeout: Duration,
+}
+
+impl CredentialProvider for AzureImds {
+    fn describe(&self) -> String {
+        format!("Azure instance metadata at {}", self.base)
+    }
+
+    fn credential(&self, audience: &str) -> Result<Credential, CredentialError> {
+        self.credential_with_nonce(audience, &|| {
+            Err("no way to ask the endpoint for a nonce".to_string())
+        })
+    }
+
+    fn credential_with_nonce(
+        &self,
+        _audience: &str,
+        nonce: &dyn Fn() -> Result<String, String>,
+    ) -> Result<Credential, CredentialError> {
+        let nonce = nonce().map_err(|e| cloud_err("azure", format!("nonce: {e}")))?;
+        let signature = azure::fetch_attested_document(&self.base, &nonce, self.timeout)
+            .map_err(|e| cloud_err("azure", e))?;
+        let compute = azure::fetch_compute_metadata(&self.base, self.timeout)
+            .map_err(|e| cloud_err("azure", e))?;
+        Ok(Credential::Azure {
+            signature,
+            nonce,
+            instance_metadata: Some(
+                serde_json::to_value(&compute).map_err(|e| cloud_err("azure", e))?,
+            ),
+        })
+    }
+}
+
+fn cloud_provider(p: Platform, e: &CloudEndpoints) -> Box<dyn CredentialProvider> {
+    match p {
+        Platform::AwsEc2 => Box::new(Ec2Imds {
+            base: e.aws_imds.clone(),
+            timeout: e.timeout,
+        }),
+        Platform::AwsEcs => Box::new(EcsTask {
+            endpoints: e.clone(),
+        }),
+        Platform::Gcp => Box::new(GceMetadata {
+            base: e.gcp_metadata.clone(),
+            timeout: e.timeout,
+        }),
+        Platform::Azure => Box::new(AzureImds {
+            base: e.azure_imds.clone(),
+            timeout: e.timeout,
+        }),
+    }
+}
+
+/// The credential sources for the agent configuration's `host`: `custom` lists them; a
+/// cloud platform names one; `auto` (or no `host` and no `custom`) detects the platform
+/// once, now.
+pub fn for_host(
+    host: Option<&HostEnvironment>,
+    plugin_timeout: Duration,
+    endpoints: &CloudEndpoints,
+) -> Result<Vec<Box<dyn CredentialProvider>>, CredentialError> {
+    let fixed = host.and_then(|h| {
+        if let Some(c) = &h.custom {
+            return Some(Err(c.credential.as_slice()));
+        }
+        if let Some(a) = &h.aws {
+            return Some(Ok(if a.ecs.is_some() {
+                Platform::AwsEcs
+            } else {
+                Platform::AwsEc2
+            }));
+        }
+        if h.gcp.is_some() {
+            return Some(Ok(Platform::Gcp));
+        }
+        if h.azure.is_some() {
+            return Some(Ok(Platform::Azure));
+        }
+        None
+    });
+    match fixed {
+        Some(Err(sources)) => providers(sources, plugin_timeout),
+        Some(Ok(platform)) => Ok(vec![cloud_provider(platform, endpoints)]),
+        None => {
+            let probe = endpoints.probe_addresses();
+            match detect::detect_platform(&probe) {
+                Some(p) => Ok(vec![cloud_provider(p, endpoints)]),
+                None => Err(CredentialError::NothingDetected(probe.timeout)),
+            }
+        }
     }
 }
 

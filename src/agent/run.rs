@@ -127,11 +127,13 @@ impl Daemon {
             .as_ref()
             .map(|o| o.to_string())
             .unwrap_or_else(|| format!("{} (not present)", config::DEFAULT_AGENT_CONFIG));
-        let providers = credential::providers(cfg.credential_sources(), cfg.plugin_timeout())
-            .map_err(|e| StartError::Config {
-                origin: agent_origin.clone(),
-                detail: format!("host.custom.credential: {e}"),
-            })?;
+        let endpoints = credential::CloudEndpoints::from_env(&|name| std::env::var(name).ok());
+        let providers =
+            credential::for_host(cfg.agent.host.as_ref(), cfg.plugin_timeout(), &endpoints)
+                .map_err(|e| StartError::Config {
+                    origin: agent_origin.clone(),
+                    detail: format!("host.custom.credential: {e}"),
+                })?;
         let (include, exclude) = cfg.interface_filters();
         let filters = Filters::new(&include, &exclude).map_err(|e| StartError::Config {
             origin: agent_origin.clone(),
@@ -283,7 +285,8 @@ impl Daemon {
         self.state.plane_uid = Some(discovery.plane_uid.clone());
         self.state.connected_to = Some(discovery.instance.clone());
 
-        let (credential, source) = credential::obtain(&self.providers, &discovery.plane_uid)?;
+        let (credential, source) =
+            credential::obtain_with_nonce(&self.providers, &discovery.plane_uid, &|| self.nonce())?;
         info!(
             "requesting authorization to join {} with the credential from {source}",
             self.cfg.onboarding.workload_group
@@ -463,10 +466,19 @@ impl Daemon {
             Some(p) => p.clone(),
             None => self.client.discovery()?.plane_uid,
         };
-        let (credential, _) = credential::obtain(&self.providers, &plane_uid)?;
-        let auth = self
-            .client
-            .authorize(&self.cfg.onboarding.workload_group, credential)?;
+        let (credential, _) =
+            credential::obtain_with_nonce(&self.providers, &plane_uid, &|| self.nonce())?;
+        let auth = match &self.session {
+            // Presenting the current token lets the endpoint continue this session rather
+            // than refuse a second one for the same cloud host.
+            Some(s) => {
+                self.client
+                    .renew(&self.cfg.onboarding.workload_group, credential, &s.token)?
+            }
+            None => self
+                .client
+                .authorize(&self.cfg.onboarding.workload_group, credential)?,
+        };
         let renew_in = self.renewal_in(&auth.expires_at);
         info!("renewed the session token (expires {})", auth.expires_at);
         if let Some(s) = self.session.as_mut() {
@@ -485,6 +497,14 @@ impl Daemon {
         self.state.token_expires_at = Some(auth.expires_at);
         self.save_state();
         Ok(())
+    }
+
+    /// A nonce from the endpoint, for credentials that carry one (Azure).
+    fn nonce(&self) -> Result<String, String> {
+        self.client
+            .nonce()
+            .map(|n| n.nonce)
+            .map_err(|e| e.to_string())
     }
 
     fn refresh_bootstrap(&mut self) -> Result<(), AgentError> {

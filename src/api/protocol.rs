@@ -226,6 +226,14 @@ pub enum ErrorCode {
     InvalidSignature,
     /// The credential was refused for another reason the message explains.
     InvalidCredential,
+    /// The request does not come from the address the credential is bound to (an EC2
+    /// identity document presented from another host).
+    WrongSourceAddress,
+    /// The nonce in the credential is not one this endpoint issued, was already used, or
+    /// expired (Azure attested data): get a fresh one from `/v1/nonce`.
+    WrongNonce,
+    /// A single-use credential presented a second time (a GCP identity token).
+    CredentialReused,
     /// This platform's credentials are not accepted by this endpoint.
     UnsupportedPlatform,
     /// No OnboardingPolicy allows this identity into this WorkloadGroup.
@@ -255,6 +263,9 @@ impl ErrorCode {
             ErrorCode::CredentialExpired => "credential_expired",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::InvalidCredential => "invalid_credential",
+            ErrorCode::WrongSourceAddress => "wrong_source_address",
+            ErrorCode::WrongNonce => "wrong_nonce",
+            ErrorCode::CredentialReused => "credential_reused",
             ErrorCode::UnsupportedPlatform => "unsupported_platform",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::SessionConflict => "session_conflict",
@@ -276,6 +287,9 @@ impl ErrorCode {
             | ErrorCode::CredentialExpired
             | ErrorCode::InvalidSignature
             | ErrorCode::InvalidCredential
+            | ErrorCode::WrongSourceAddress
+            | ErrorCode::WrongNonce
+            | ErrorCode::CredentialReused
             | ErrorCode::SessionInvalid
             | ErrorCode::SessionExpired => 401,
             ErrorCode::UnsupportedPlatform | ErrorCode::PolicyDenied => 403,

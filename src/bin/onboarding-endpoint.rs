@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use workload_onboarding::endpoint::cloud::CloudAuth;
 use workload_onboarding::endpoint::config::{EndpointConfig, LogFormat};
 use workload_onboarding::endpoint::render::Renderer;
 use workload_onboarding::endpoint::server::{self, ServerOptions};
 use workload_onboarding::endpoint::service::{Service, ServiceSettings};
 use workload_onboarding::endpoint::{cli, tls};
 use workload_onboarding::identity::jwt::JwtVerifier;
+use workload_onboarding::identity::verify_cli;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
 use workload_onboarding::{atomic, bootstrap, token};
@@ -64,6 +66,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Operator tools for host identities.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Delete a registration (and its WorkloadEntry); its agent onboards again.
     Delete {
         resource: String,
@@ -73,6 +80,13 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Verify one platform credential offline and print the identity it yields, or exactly
+    /// why it is refused ("why won't my VM join?").
+    Verify(Box<verify_cli::VerifyArgs>),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +108,9 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Serve { config, dev } => serve(&config, dev),
         Command::Render(args) => bootstrap::offline::run(&args),
+        Command::Identity {
+            command: IdentityCommand::Verify(args),
+        } => verify_cli::run(&args),
         Command::Get {
             resource,
             namespace,
@@ -279,8 +296,23 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         }
         Some(v)
     };
-    if jwt.is_none() {
-        tracing::warn!("no trusted JWT issuers configured: no platform can onboard");
+    let cloud = CloudAuth::from_config(&cfg.authentication, &|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let cloud_platforms = cloud.platforms();
+    if jwt.is_none() && cloud_platforms.is_empty() {
+        tracing::warn!(
+            "no trusted JWT issuers and no cloud platform configured: no host can onboard"
+        );
+    }
+    if !cloud_platforms.is_empty() {
+        tracing::info!(platforms = ?cloud_platforms, one_session_per_host = cloud.one_session_per_host, "cloud platforms enabled");
+    }
+    if let Some(ec2) = &cloud.ec2
+        && ec2.api.is_none()
+    {
+        tracing::info!(
+            "authentication.aws.api is not set: EC2 IAM roles are unknown, so policies listing ec2.iamRoleNames will not match"
+        );
     }
     if cfg.istio_token.is_none() {
         tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
@@ -304,7 +336,8 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         keep_alive_interval: cfg.registration.keep_alive_interval.as_std(),
         keep_alive_timeout: cfg.registration.keep_alive_timeout(),
     };
-    let svc = Arc::new(Service::new(store, settings.clone(), tokens, jwt, renderer));
+    let svc =
+        Arc::new(Service::new(store, settings.clone(), tokens, jwt, renderer).with_cloud(cloud));
     let opts = ServerOptions {
         max_body_bytes: cfg.server.max_body_bytes,
         request_timeout: cfg.server.request_timeout.as_std(),

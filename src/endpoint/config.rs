@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::duration::Duration;
+use crate::api::registration::AddressType;
+use crate::identity::aws::api::AwsApiConfig;
+use crate::identity::aws::ecs::EcsConfig;
+use crate::identity::aws::replay::IpCidr;
+use crate::identity::azure::AzureConfig;
+use crate::identity::gcp::GcpConfig;
 use crate::identity::jwt::IssuerConfig;
 use crate::store::file::IstioTokenSource;
 
@@ -139,11 +145,194 @@ fn fifteen_seconds() -> Duration {
     Duration::from_secs(15)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// Which credentials the endpoint accepts. Every platform is off until configured here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthenticationConfig {
     #[serde(default)]
     pub jwt: JwtAuthentication,
+    /// AWS EC2 identity documents and ECS task roles (docs/identity.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsAuthentication>,
+    /// GCE instance identity tokens; present = enabled (Google's JWKS by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpConfig>,
+    /// Azure attested data; present = enabled (needs `rootCertificates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureConfig>,
+    /// One live session per cloud host (EC2 instance, ECS task, GCE instance, Azure VM): a
+    /// second concurrent session for the same host is refused (`session_conflict`). Default
+    /// true.
+    #[serde(default = "yes")]
+    pub one_session_per_host: bool,
+}
+
+impl Default for AuthenticationConfig {
+    fn default() -> Self {
+        AuthenticationConfig {
+            jwt: JwtAuthentication::default(),
+            aws: None,
+            gcp: None,
+            azure: None,
+            one_session_per_host: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `authentication.aws`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsAuthentication {
+    /// Present = EC2 identity documents are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Authentication>,
+    /// Present = ECS task-role proofs are accepted (forwarded to an allowed STS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs: Option<EcsConfig>,
+    /// The AWS API, for the EC2 instance's IAM role and state. Without it the role is
+    /// unknown and policies listing `ec2.iamRoleNames` never match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<AwsApiSettings>,
+}
+
+/// `authentication.aws.ec2`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ec2Authentication {
+    /// Certificates trusted beside the built-in `rsa2048` ones (a new region, a rotated
+    /// certificate, the legacy forms' certificates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Ec2CertificateFile>,
+    /// Accept the legacy raw `signature` (RSA-1024). Default false.
+    #[serde(default)]
+    pub allow_signature: bool,
+    /// Accept the legacy DSA/SHA-1 `pkcs7`. Default false.
+    #[serde(default)]
+    pub allow_pkcs7_dsa: bool,
+    /// How EC2 agents reach this endpoint. `VPC` (default): the request's source address must
+    /// be the document's `privateIp`. `INTERNET`: through NAT, no binding is possible.
+    #[serde(default)]
+    pub connected_over: AddressType,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: for a request from one of them,
+    /// the last address in that header is checked instead of the proxy's. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpCidr>,
+    /// Refuse a first onboarding (no WAR yet) with a document older than this since its
+    /// `pendingTime`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_since_pending: Option<Duration>,
+}
+
+/// One operator-supplied certificate for EC2 identity documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ec2CertificateFile {
+    pub region: String,
+    /// Which signature form it verifies. Default `rsa2048`.
+    #[serde(default)]
+    pub form: Ec2SignatureForm,
+    /// PEM file (one or more certificates).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ec2SignatureForm {
+    #[default]
+    Rsa2048,
+    Pkcs7,
+    Signature,
+}
+
+/// `authentication.aws.api`. Credentials come from `credentialsFile` (the AWS shared
+/// credentials format) or from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_SESSION_TOKEN` in the endpoint's environment; never from this file itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsApiSettings {
+    /// One address for EC2 and IAM (a VPC endpoint proxy, a local AWS API); default the
+    /// public regional endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// The profile in `credentialsFile`. Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Refuse instances whose state is not `running`. Default false.
+    #[serde(default)]
+    pub require_running: bool,
+}
+
+impl AwsApiSettings {
+    /// The API client's settings with credentials read from the file or `env`.
+    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsApiConfig, String> {
+        let (id, secret, token) = match &self.credentials_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "authentication.aws.api.credentialsFile {}: {e}",
+                        path.display()
+                    )
+                })?;
+                let profile = self.profile.as_deref().unwrap_or("default");
+                let values = shared_credentials(&text, profile);
+                let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                (
+                    get("aws_access_key_id"),
+                    get("aws_secret_access_key"),
+                    get("aws_session_token"),
+                )
+            }
+            None => (
+                env("AWS_ACCESS_KEY_ID"),
+                env("AWS_SECRET_ACCESS_KEY"),
+                env("AWS_SESSION_TOKEN"),
+            ),
+        };
+        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        match (nonempty(id), nonempty(secret)) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(AwsApiConfig {
+                endpoint: self.endpoint.clone(),
+                access_key_id,
+                secret_access_key,
+                session_token: nonempty(token),
+                require_running: self.require_running,
+            }),
+            _ => Err(match &self.credentials_file {
+                Some(p) => format!(
+                    "authentication.aws.api: {} has no aws_access_key_id and aws_secret_access_key in profile [{}]",
+                    p.display(),
+                    self.profile.as_deref().unwrap_or("default")
+                ),
+                None => "authentication.aws.api: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the endpoint's environment, or credentialsFile".into(),
+            }),
+        }
+    }
+}
+
+/// `key = value` lines of one `[profile]` section of an AWS shared credentials file.
+fn shared_credentials(text: &str, profile: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == profile;
+            continue;
+        }
+        if inside && let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -332,6 +521,32 @@ impl EndpointConfig {
         {
             fix(f);
         }
+        let auth = &mut self.authentication;
+        if let Some(ec2) = auth.aws.as_mut().and_then(|a| a.ec2.as_mut()) {
+            for c in &mut ec2.certificates {
+                fix(&mut c.file);
+            }
+        }
+        if let Some(f) = auth
+            .aws
+            .as_mut()
+            .and_then(|a| a.api.as_mut())
+            .and_then(|a| a.credentials_file.as_mut())
+        {
+            fix(f);
+        }
+        if let Some(f) = auth.gcp.as_mut().and_then(|g| g.jwks_file.as_mut()) {
+            fix(f);
+        }
+        if let Some(az) = auth.azure.as_mut() {
+            for f in az
+                .root_certificates
+                .iter_mut()
+                .chain(az.intermediate_certificates.iter_mut())
+            {
+                fix(f);
+            }
+        }
         for i in &mut self.authentication.jwt.issuers {
             if let Some(f) = &mut i.jwks_file {
                 fix(f);
@@ -380,6 +595,58 @@ impl EndpointConfig {
         }
         crate::identity::jwt::validate_issuers(&self.authentication.jwt.issuers)
             .map_err(|e| format!("authentication.jwt.issuers: {e}"))?;
+        self.validate_cloud()
+    }
+
+    fn validate_cloud(&self) -> Result<(), String> {
+        let auth = &self.authentication;
+        if let Some(aws) = &auth.aws {
+            if aws.ec2.is_none() && aws.ecs.is_none() {
+                return Err(
+                    "authentication.aws: set ec2 and/or ecs (each enables that credential)".into(),
+                );
+            }
+            if aws.api.is_some() && aws.ec2.is_none() {
+                return Err(
+                    "authentication.aws.api: only EC2 uses the AWS API; set aws.ec2".into(),
+                );
+            }
+            if let Some(ec2) = &aws.ec2 {
+                if ec2
+                    .max_age_since_pending
+                    .is_some_and(|d| d.as_std().is_zero())
+                {
+                    return Err("authentication.aws.ec2.maxAgeSincePending: must be more than 0 (or unset for no limit)".into());
+                }
+                for (i, c) in ec2.certificates.iter().enumerate() {
+                    if c.region.trim().is_empty() {
+                        return Err(format!(
+                            "authentication.aws.ec2.certificates[{i}].region: must not be empty"
+                        ));
+                    }
+                }
+            }
+            if let Some(ecs) = &aws.ecs
+                && ecs.allowed_sts.is_empty()
+            {
+                return Err("authentication.aws.ecs.allowedSts: list at least one STS address (e.g. https://sts.amazonaws.com)".into());
+            }
+        }
+        if let Some(g) = &auth.gcp {
+            let set = [
+                g.jwks.is_some(),
+                g.jwks_file.is_some(),
+                g.jwks_uri.is_some(),
+            ];
+            if set.iter().filter(|b| **b).count() > 1 {
+                return Err("authentication.gcp: set only one of jwks, jwksFile, jwksUri".into());
+            }
+        }
+        if let Some(a) = &auth.azure
+            && a.root_certificates.is_empty()
+        {
+            return Err("authentication.azure.rootCertificates: list the PEM roots Azure's attested-data signer chains to".into());
+        }
         Ok(())
     }
 }

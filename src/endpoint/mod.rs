@@ -1,6 +1,7 @@
 //! The onboarding endpoint: the HTTPS API agents talk to, backed by a store.
 
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod metrics;
 pub mod render;

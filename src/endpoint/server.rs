@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service as _;
 use warp::{Filter, Rejection, Reply};
 
+use super::cloud::{RequestSource, last_forwarded};
 use super::metrics::RouteLabels;
 use super::service::Service;
 use crate::api::protocol::{self, ApiError, ErrorCode};
@@ -109,14 +110,35 @@ pub fn routes<S: Store>(
         .and(warp::post())
         .and(with.clone())
         .and(peer)
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(bearer())
         .and(json_body::<protocol::AuthorizeRequest>(max_body))
         .and_then(
-            |s: Arc<Service<S>>, peer: Option<PeerAddr>, req| async move {
+            |s: Arc<Service<S>>,
+             peer: Option<PeerAddr>,
+             xff: Option<String>,
+             b: Option<String>,
+             req| async move {
                 let t = Instant::now();
-                let r = s.authorize(req, peer.map(|p| p.0.ip())).await;
+                // The header is only believed from a trusted proxy (checked by the EC2
+                // verifier); anyone else's is ignored there.
+                let source = RequestSource {
+                    peer: peer.map(|p| p.0.ip()),
+                    forwarded_for: xff.as_deref().and_then(last_forwarded),
+                };
+                let r = s.authorize(req, source, b.as_deref()).await;
                 timed(&s.metrics, "authorize", t, r).await
             },
         );
+
+    let nonce = warp::path!("v1" / "nonce")
+        .and(warp::post().or(warp::get()).unify())
+        .and(with.clone())
+        .and_then(|s: Arc<Service<S>>| async move {
+            let t = Instant::now();
+            let r = s.nonce();
+            timed(&s.metrics, "nonce", t, r).await
+        });
 
     let register = warp::path!("v1" / "register")
         .and(warp::post())
@@ -187,6 +209,8 @@ pub fn routes<S: Store>(
 
     discovery
         .or(authorize)
+        .unify()
+        .or(nonce)
         .unify()
         .or(register)
         .unify()

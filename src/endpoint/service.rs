@@ -3,7 +3,6 @@
 //! and errors in and out.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,8 +10,8 @@ use crate::api::identity::WorkloadIdentity;
 use crate::api::meta::NamespacedName;
 use crate::api::protocol::{
     ApiError, AuthorizeRequest, AuthorizeResponse, Bootstrap, Credential, DiscoveryResponse,
-    ErrorCode, KeepAliveResponse, KeepAliveSettings, RegisterRequest, RegisterResponse,
-    UnregisterResponse,
+    ErrorCode, KeepAliveResponse, KeepAliveSettings, NonceResponse, RegisterRequest,
+    RegisterResponse, UnregisterResponse,
 };
 use crate::api::registration::WorkloadAutoRegistration;
 use crate::endpoint::metrics::Metrics;
@@ -24,6 +23,7 @@ use crate::store::{Store, StoreError};
 use crate::timestamp;
 use crate::token::{SessionClaims, SessionTokens, TokenError};
 
+use super::cloud::{self, CloudAuth, ReplayState, RequestSource};
 use super::render::Renderer;
 
 /// Settings the service needs at run time (from the config file).
@@ -44,9 +44,45 @@ pub struct Service<S: Store> {
     pub jwt: Option<JwtVerifier>,
     pub renderer: Renderer,
     pub metrics: Metrics,
+    /// Cloud platforms (EC2, ECS, GCP, Azure) enabled on this endpoint.
+    pub cloud: std::sync::Arc<CloudAuth>,
+    /// Live cloud sessions, used GCP tokens, issued nonces.
+    pub replay: ReplayState,
     /// Live keep-alive sessions on this instance, by WAR.
     sessions: Mutex<HashMap<NamespacedName, Instant>>,
     started: Instant,
+}
+
+/// A verified credential and what the replay defences need from it.
+struct Verified {
+    identity: WorkloadIdentity,
+    short_name: Option<String>,
+    /// EC2: the document's pendingTime (unix seconds), for the first-onboarding age limit.
+    ec2_pending_time: Option<i64>,
+    /// GCP: (iat, exp) of the token, for single use.
+    gcp_token: Option<(i64, i64)>,
+}
+
+impl Verified {
+    fn plain(identity: WorkloadIdentity) -> Verified {
+        Verified {
+            identity,
+            short_name: None,
+            ec2_pending_time: None,
+            gcp_token: None,
+        }
+    }
+}
+
+/// Runs a blocking verification step (cloud API calls, key fetches) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VerifyError> + Send + 'static,
+) -> Result<T, VerifyError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(VerifyError::Unavailable(format!(
+            "verification task failed: {e}"
+        )))
+    })
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -81,9 +117,17 @@ impl<S: Store> Service<S> {
             jwt,
             renderer,
             metrics: Metrics::new(),
+            cloud: std::sync::Arc::new(CloudAuth::default()),
+            replay: ReplayState::new(),
             sessions: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
+    }
+
+    /// Enables the cloud platforms in `cloud`.
+    pub fn with_cloud(mut self, cloud: CloudAuth) -> Self {
+        self.cloud = std::sync::Arc::new(cloud);
+        self
     }
 
     pub fn discovery(&self) -> DiscoveryResponse {
@@ -91,11 +135,31 @@ impl<S: Store> Service<S> {
         if self.jwt.is_some() {
             platforms.push("jwt".to_string());
         }
+        platforms.extend(self.cloud.platforms().into_iter().map(String::from));
         DiscoveryResponse {
             plane_uid: self.settings.plane_uid.clone(),
             instance: self.settings.instance.clone(),
             platforms,
         }
+    }
+
+    /// `POST /v1/nonce`: a single-use nonce for Azure attested data.
+    pub fn nonce(&self) -> ApiResult<NonceResponse> {
+        if self.cloud.azure.is_none() {
+            return Err(api(
+                ErrorCode::UnsupportedPlatform,
+                "azure is not enabled on this endpoint (nonces are for Azure attested data)",
+            ));
+        }
+        let (nonce, exp) = self
+            .replay
+            .issue_nonce(SystemTime::now())
+            .map_err(|e| api(e.code(), e.to_string()))?;
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64);
+        Ok(NonceResponse {
+            nonce,
+            expires_at: timestamp::format(expires),
+        })
     }
 
     /// Verifies a platform credential into an identity (and, for JWTs, the issuer's short
@@ -104,49 +168,149 @@ impl<S: Store> Service<S> {
         &self,
         cred: &Credential,
         ctx: &VerifyContext,
-    ) -> Result<(WorkloadIdentity, Option<String>), VerifyError> {
+        source: &RequestSource,
+    ) -> Result<Verified, VerifyError> {
+        let unsupported = |kind: &str| VerifyError::Unsupported(kind.into());
         match cred {
             Credential::Jwt { token } => {
-                let v = self
-                    .jwt
-                    .as_ref()
-                    .ok_or_else(|| VerifyError::Unsupported("jwt".into()))?;
+                let v = self.jwt.as_ref().ok_or_else(|| unsupported("jwt"))?;
                 let verified = v.verify(token, ctx).await?;
-                Ok((
-                    WorkloadIdentity::Jwt(verified.identity),
-                    Some(verified.short_name),
-                ))
+                Ok(Verified {
+                    short_name: Some(verified.short_name),
+                    ..Verified::plain(WorkloadIdentity::Jwt(verified.identity))
+                })
             }
-            other => Err(VerifyError::Unsupported(other.kind().into())),
+            Credential::AwsEc2 {
+                document,
+                rsa2048,
+                signature,
+                pkcs7,
+            } => {
+                let ec2 = self
+                    .cloud
+                    .ec2
+                    .as_ref()
+                    .ok_or_else(|| unsupported("aws-ec2"))?;
+                let (mut identity, pending) = cloud::verify_ec2(
+                    ec2,
+                    document,
+                    rsa2048.as_deref(),
+                    pkcs7.as_deref(),
+                    signature.as_deref(),
+                    source,
+                    ctx.now,
+                )?;
+                if let Some(api) = ec2.api.clone() {
+                    identity = blocking(move || {
+                        cloud::add_instance_role(&api, &mut identity).map(|()| identity)
+                    })
+                    .await?;
+                }
+                Ok(Verified {
+                    ec2_pending_time: Some(pending),
+                    ..Verified::plain(WorkloadIdentity::Aws(identity))
+                })
+            }
+            Credential::AwsEcs {
+                signed_request,
+                task_metadata,
+            } => {
+                let cfg = self
+                    .cloud
+                    .ecs
+                    .clone()
+                    .ok_or_else(|| unsupported("aws-ecs"))?;
+                let req: crate::identity::aws::ecs::SignedStsRequest =
+                    serde_json::from_value(signed_request.clone())
+                        .map_err(|e| VerifyError::Malformed(format!("signedRequest: {e}")))?;
+                let meta = task_metadata.clone();
+                let audience = ctx.audience.clone();
+                let identity = blocking(move || {
+                    crate::identity::aws::ecs::verify(&req, meta.as_ref(), &cfg, &audience)
+                })
+                .await?;
+                Ok(Verified::plain(WorkloadIdentity::Aws(identity)))
+            }
+            Credential::Gcp { token } => {
+                let v = self.cloud.gcp.clone().ok_or_else(|| unsupported("gcp"))?;
+                let token = token.clone();
+                let c = ctx.clone();
+                let verified = blocking(move || v.verify(token.trim(), &c)).await?;
+                Ok(Verified {
+                    gcp_token: Some((verified.issued_at, verified.expires_at)),
+                    ..Verified::plain(WorkloadIdentity::Gcp(verified.identity))
+                })
+            }
+            Credential::Azure {
+                signature,
+                nonce,
+                instance_metadata,
+            } => {
+                let trust = self
+                    .cloud
+                    .azure
+                    .as_ref()
+                    .ok_or_else(|| unsupported("azure"))?;
+                let metadata: Option<crate::identity::azure::ComputeMetadata> = instance_metadata
+                    .clone()
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|e| VerifyError::Malformed(format!("instanceMetadata: {e}")))?;
+                // Single use, whatever the outcome: a refused attempt burns its nonce too.
+                self.replay.take_nonce(nonce, ctx.now)?;
+                let v = crate::identity::azure::verify(
+                    signature,
+                    nonce,
+                    metadata.as_ref(),
+                    trust,
+                    ctx.now,
+                )?;
+                Ok(Verified::plain(WorkloadIdentity::Azure(v.identity)))
+            }
         }
     }
 
+    /// Logs, counts and answers a refused credential.
+    fn refuse(
+        &self,
+        platform: &str,
+        group: &NamespacedName,
+        source: &RequestSource,
+        e: VerifyError,
+    ) -> ApiError {
+        let outcome = if e.code() == ErrorCode::Unavailable {
+            "error"
+        } else {
+            "invalid_credential"
+        };
+        self.metrics.onboarding(outcome, platform);
+        tracing::warn!(%platform, peer = ?source.peer, forwarded_for = ?source.forwarded_for, group = %group, code = %e.code(), error = %e, "credential refused");
+        api(e.code(), e.to_string())
+    }
+
+    /// `POST /v1/authorize`. `bearer` is the agent's current session token when it renews:
+    /// it lets the same agent continue its session (one live session per cloud host) and
+    /// re-present a GCP token.
     pub async fn authorize(
         &self,
         req: AuthorizeRequest,
-        peer: Option<IpAddr>,
+        source: RequestSource,
+        bearer: Option<&str>,
     ) -> ApiResult<AuthorizeResponse> {
         let platform = req.credential.kind();
         let now = SystemTime::now();
         let ctx = VerifyContext {
             audience: self.settings.plane_uid.clone(),
             now,
-            peer_ip: peer,
+            peer_ip: source.peer,
         };
         let group_ref = &req.workload_group;
-        let (identity, short_name) = match self.verify(&req.credential, &ctx).await {
+        let verified = match self.verify(&req.credential, &ctx, &source).await {
             Ok(v) => v,
-            Err(e) => {
-                let outcome = if e.code() == ErrorCode::Unavailable {
-                    "error"
-                } else {
-                    "invalid_credential"
-                };
-                self.metrics.onboarding(outcome, platform);
-                tracing::warn!(%platform, peer = ?peer, group = %group_ref, error = %e, "credential refused");
-                return Err(api(e.code(), e.to_string()));
-            }
+            Err(e) => return Err(self.refuse(platform, group_ref, &source, e)),
         };
+        let identity = verified.identity.clone();
+        let short_name = verified.short_name.clone();
         let platform = identity.platform();
         let group = self
             .store
@@ -198,6 +362,36 @@ impl<S: Store> Service<S> {
             namespace: group_ref.namespace.clone(),
             name: war_name,
         };
+        // The agent renewing its own session (its current token names this registration).
+        let continuing = bearer
+            .and_then(|b| self.tokens.verify(b, now).ok())
+            .filter(|c| c.registration().as_ref() == Some(&registration))
+            .map(|c| c.jti);
+        if let (Some(pending), Some(max)) = (
+            verified.ec2_pending_time,
+            self.cloud.ec2.as_ref().and_then(|e| e.max_age),
+        ) && continuing.is_none()
+        {
+            let first = self
+                .store
+                .get_war(&registration.namespace, &registration.name)
+                .await
+                .map_err(store_err)?
+                .is_none();
+            if first
+                && let Err(e) = crate::identity::aws::replay::check_max_age(pending, now, Some(max))
+            {
+                return Err(self.refuse(platform, group_ref, &source, cloud::replay_error(e)));
+            }
+        }
+        let host_key = cloud::host_key(&identity);
+        if let (Some((iat, exp)), Some(key)) = (verified.gcp_token, host_key.as_deref())
+            && let Err(e) = self
+                .replay
+                .use_gcp_token(key, iat, exp, continuing.is_some())
+        {
+            return Err(self.refuse(platform, group_ref, &source, e));
+        }
         let (token, exp) = self
             .tokens
             .issue(
@@ -211,6 +405,40 @@ impl<S: Store> Service<S> {
                 tracing::error!(error = %e, "cannot sign session token");
                 api(ErrorCode::Internal, "cannot issue a session token")
             })?;
+        if self.cloud.one_session_per_host
+            && let Some(key) = &host_key
+        {
+            let jti = self
+                .tokens
+                .verify(&token, now)
+                .map(|c| c.jti)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot read back a session token just issued");
+                    api(ErrorCode::Internal, "cannot issue a session token")
+                })?;
+            if let Err(e) = self.replay.begin_session(
+                key,
+                continuing.as_deref(),
+                &jti,
+                now,
+                self.settings.keep_alive_timeout,
+            ) {
+                self.metrics.onboarding("session_conflict", platform);
+                tracing::warn!(
+                    host = %key,
+                    peer = ?source.peer,
+                    group = %group_ref,
+                    registration = %registration,
+                    "second concurrent session refused: {e}"
+                );
+                return Err(api(
+                    ErrorCode::SessionConflict,
+                    format!(
+                        "{e}; if this host's agent restarted, it can onboard once its previous session times out (registration.keepAliveTimeout)"
+                    ),
+                ));
+            }
+        }
         self.metrics.onboarding("allowed", platform);
         tracing::info!(group = %group_ref, registration = %registration, %platform, "authorized: {decision}");
         Ok(AuthorizeResponse {
@@ -367,12 +595,31 @@ impl<S: Store> Service<S> {
 
     pub async fn keepalive(&self, bearer: Option<&str>) -> ApiResult<KeepAliveResponse> {
         let (claims, reg) = self.session(bearer)?;
-        let mut war = self.live_war(&reg).await?;
+        let mut war = match self.live_war(&reg).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.end_host_session(&claims);
+                return Err(e);
+            }
+        };
         if war.spec.identity != claims.workload {
+            self.end_host_session(&claims);
             return Err(api(
                 ErrorCode::RegistrationGone,
                 format!("registration {reg} was replaced; onboard again"),
             ));
+        }
+        if self.cloud.one_session_per_host
+            && let Some(key) = cloud::host_key(&claims.workload)
+            && let Err(e) = self.replay.keep_session(
+                &key,
+                &claims.jti,
+                SystemTime::now(),
+                self.settings.keep_alive_timeout,
+            )
+        {
+            tracing::warn!(host = %key, registration = %reg, "keep-alive of a session that is no longer this host's live one: {e}");
+            return Err(api(ErrorCode::SessionConflict, e.to_string()));
         }
         if connection::mark_connected(&mut war, &self.settings.instance, &timestamp::now()) {
             self.store.put_war(&war).await.map_err(store_err)?;
@@ -393,7 +640,8 @@ impl<S: Store> Service<S> {
     }
 
     pub async fn unregister(&self, bearer: Option<&str>) -> ApiResult<UnregisterResponse> {
-        let (_, reg) = self.session(bearer)?;
+        let (claims, reg) = self.session(bearer)?;
+        self.end_host_session(&claims);
         let existed = self
             .store
             .delete_registration(&reg.namespace, &reg.name)
@@ -407,6 +655,14 @@ impl<S: Store> Service<S> {
         Ok(UnregisterResponse {
             propagation_delay_seconds: self.settings.propagation_delay.as_secs_f64(),
         })
+    }
+
+    /// Ends the claims' session in the one-session-per-host registry (unregister, or a
+    /// registration that is gone), so the host can onboard again at once.
+    fn end_host_session(&self, claims: &SessionClaims) {
+        if let Some(key) = cloud::host_key(&claims.workload) {
+            self.replay.end_session(&key, &claims.jti);
+        }
     }
 
     fn touch(&self, reg: &NamespacedName) {
@@ -428,6 +684,7 @@ impl<S: Store> Service<S> {
     /// deleted with their WorkloadEntry. Returns (disconnected, deleted).
     pub async fn sweep(&self) -> Result<(usize, usize), StoreError> {
         let timeout = self.settings.keep_alive_timeout;
+        self.replay.sweep(SystemTime::now());
         let stale: Vec<NamespacedName> = match self.sessions.lock() {
             Ok(s) => s
                 .iter()

@@ -193,9 +193,8 @@ mod verify {
                 AzureError::WrongSignerName { .. } | AzureError::UntrustedChain(_) => {
                     VerifyError::UnknownIssuer(msg)
                 }
-                AzureError::WrongNonce { .. } | AzureError::MetadataMismatch(_) => {
-                    VerifyError::Invalid(msg)
-                }
+                AzureError::WrongNonce { .. } => VerifyError::Nonce(msg),
+                AzureError::MetadataMismatch(_) => VerifyError::Invalid(msg),
             }
         }
     }

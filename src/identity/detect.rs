@@ -104,6 +104,7 @@ fn probe(p: Platform, a: &MetadataAddresses) -> bool {
 /// custom credential, or fails with a clear message). Probes run in parallel.
 pub fn detect_platform(a: &MetadataAddresses) -> Option<Platform> {
     if a.ecs_credentials_env {
+        tracing::info!(platform = %Platform::AwsEcs, "host: auto detected the platform (from AWS_CONTAINER_CREDENTIALS_*)");
         return Some(Platform::AwsEcs);
     }
     let order = [Platform::AwsEc2, Platform::Gcp, Platform::Azure];

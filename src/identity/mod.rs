@@ -56,6 +56,15 @@ pub enum VerifyError {
     InvalidSignature(String),
     #[error("credential refused: {0}")]
     Invalid(String),
+    /// The credential is bound to another address than the request's source.
+    #[error("{0}")]
+    SourceAddress(String),
+    /// The nonce was not issued by this endpoint, was used already or expired.
+    #[error("{0}")]
+    Nonce(String),
+    /// A single-use credential seen before.
+    #[error("{0}")]
+    Reused(String),
     #[error("platform {0:?} is not enabled on this endpoint")]
     Unsupported(String),
     /// The endpoint could not fetch what it needs to decide (JWKS, cloud API). Not the
@@ -73,6 +82,9 @@ impl VerifyError {
             VerifyError::Expired(_) => ErrorCode::CredentialExpired,
             VerifyError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             VerifyError::Invalid(_) => ErrorCode::InvalidCredential,
+            VerifyError::SourceAddress(_) => ErrorCode::WrongSourceAddress,
+            VerifyError::Nonce(_) => ErrorCode::WrongNonce,
+            VerifyError::Reused(_) => ErrorCode::CredentialReused,
             VerifyError::Unsupported(_) => ErrorCode::UnsupportedPlatform,
             VerifyError::Unavailable(_) => ErrorCode::Unavailable,
         }

@@ -109,8 +109,21 @@ impl Default for Options {
     }
 }
 
+/// What a test adds to the standard endpoint (cloud platforms, their policies, and the
+/// environment the endpoint runs with).
+#[derive(Default)]
+pub struct Extra {
+    /// YAML inserted under `authentication:` (indented by two spaces, after `jwt`).
+    pub authentication: String,
+    /// Additional manifests for the config directory: (file name, content).
+    pub manifests: Vec<(String, String)>,
+    /// Environment variables for the endpoint process.
+    pub env: Vec<(String, String)>,
+}
+
 pub struct Endpoint {
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
     pub config: PathBuf,
     pub ca_pem: String,
     child: Option<Child>,
@@ -121,9 +134,16 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn start(opts: Options) -> Endpoint {
+        Endpoint::start_with(opts, Extra::default())
+    }
+
+    pub fn start_with(opts: Options, extra: Extra) -> Endpoint {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir_all(p.join("config")).unwrap();
+        for (name, content) in &extra.manifests {
+            std::fs::write(p.join("config").join(name), content).unwrap();
+        }
         std::fs::write(p.join("config/workloadgroup.yaml"), WORKLOAD_GROUP).unwrap();
         std::fs::write(p.join("config/policy.yaml"), POLICY).unwrap();
         std::fs::write(p.join("config/mesh.yaml"), MESH).unwrap();
@@ -154,6 +174,7 @@ authentication:
       shortName: corp
       jwksFile: {jwks}
       tokenFields: {{attributes: {{jsonPath: .attributes}}}}
+{auth_extra}
 store:
   file: {{configDir: config, stateDir: state}}
 mesh:
@@ -168,12 +189,19 @@ server: {{maxBodyBytes: 8192}}
                 grace = opts.grace,
                 kai = opts.keep_alive_interval,
                 kat = opts.keep_alive_timeout,
-                jwks = jwks.display()
+                jwks = jwks.display(),
+                auth_extra = extra
+                    .authentication
+                    .lines()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             ),
         )
         .unwrap();
         let mut ep = Endpoint {
             dir,
+            env: extra.env,
             config,
             ca_pem: ca.ca_pem,
             child: None,
@@ -203,6 +231,7 @@ server: {{maxBodyBytes: 8192}}
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -243,6 +272,10 @@ server: {{maxBodyBytes: 8192}}
             .trim_start_matches("plane-uid=")
             .to_string();
         self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn port(&self) -> u16 {
