@@ -810,6 +810,25 @@ settings:
     }
 
     #[test]
+    fn cloud_hosts_are_accepted_and_checked() {
+        for ok in [
+            "host: {auto: {}}\n",
+            "host: {aws: {ec2: {}}}\n",
+            "host: {aws: {ecs: {}}}\n",
+            "host: {gcp: {gce: {}}}\n",
+            "host: {azure: {}}\n",
+        ] {
+            parse_agent(&Origin::File("a".into()), ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let e = agent_err("host: {aws: {ec2: {}, ecs: {}}}\n");
+        assert!(e.contains("host.aws: set ec2 or ecs"), "{e}");
+        let e = agent_err("host: {aws: {ec2: {imds: 'http://x'}}}\n");
+        assert!(e.contains("host.aws.ec2: takes no settings"), "{e}");
+        let e = agent_err("host: {aws: {ec2: {}}, gcp: {}}\n");
+        assert!(e.contains("host: set exactly one"), "{e}");
+    }
+
+    #[test]
     fn load_prefers_flag_then_env_then_default() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("onboarding.yaml");

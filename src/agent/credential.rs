@@ -562,6 +562,92 @@ printf '{"credential":{"@type":"type.googleapis.com/workload_onboarding.credenti
     }
 
     #[test]
+    fn cloud_endpoints_default_to_link_local_and_follow_the_environment() {
+        let d = CloudEndpoints::from_env(&|_| None);
+        assert_eq!(d.aws_imds, "http://169.254.169.254");
+        assert_eq!(d.ecs_credentials_host, "http://169.254.170.2");
+        assert_eq!(
+            (d.sts_url.as_str(), d.sts_region.as_str()),
+            ("https://sts.amazonaws.com/", "us-east-1")
+        );
+        assert!(!d.probe_addresses().ecs_credentials_env);
+        let env = |k: &str| match k {
+            "ONBOARDING_AGENT_AWS_IMDS" => Some("http://127.0.0.1:8169".to_string()),
+            "ONBOARDING_AGENT_AWS_STS_URL" => Some("https://sts.eu-west-1.amazonaws.com/".into()),
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" => Some("/v2/credentials/x".into()),
+            "ONBOARDING_AGENT_GCP_METADATA" => Some("  ".into()),
+            _ => None,
+        };
+        let e = CloudEndpoints::from_env(&env);
+        assert_eq!(e.aws_imds, "http://127.0.0.1:8169");
+        assert_eq!(
+            e.sts_region, "eu-west-1",
+            "region of a regional STS address"
+        );
+        assert_eq!(e.gcp_metadata, "http://169.254.169.254", "blank = unset");
+        assert!(e.probe_addresses().ecs_credentials_env);
+    }
+
+    #[test]
+    fn host_names_its_source() {
+        use crate::api::agent_config::{AwsHost, AzureHost, CustomHost, GcpHost};
+        let e = CloudEndpoints::from_env(&|k| {
+            (k == "ONBOARDING_AGENT_AZURE_IMDS").then(|| "http://127.0.0.1:9".to_string())
+        });
+        let t = Duration::from_secs(1);
+        let describe = |h: HostEnvironment| for_host(Some(&h), t, &e).unwrap()[0].describe();
+        assert!(
+            describe(HostEnvironment {
+                aws: Some(AwsHost::default()),
+                ..Default::default()
+            })
+            .contains("EC2")
+        );
+        assert!(
+            describe(HostEnvironment {
+                aws: Some(AwsHost {
+                    ecs: Some(serde_json::json!({})),
+                    ec2: None
+                }),
+                ..Default::default()
+            })
+            .contains("ECS")
+        );
+        assert!(
+            describe(HostEnvironment {
+                gcp: Some(GcpHost::default()),
+                ..Default::default()
+            })
+            .contains("GCE")
+        );
+        assert!(
+            describe(HostEnvironment {
+                azure: Some(AzureHost::default()),
+                ..Default::default()
+            })
+            .contains("127.0.0.1:9")
+        );
+        let custom = HostEnvironment {
+            custom: Some(CustomHost {
+                credential: vec![],
+                hostinfo: None,
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            for_host(Some(&custom), t, &e),
+            Err(CredentialError::NoneConfigured)
+        ));
+        // Azure without a way to get a nonce says so instead of asking IMDS for nothing.
+        let az = AzureImds {
+            base: "http://127.0.0.1:9".into(),
+            timeout: t,
+        };
+        let err = az.credential("uid").unwrap_err().to_string();
+        assert!(err.contains("nonce"), "{err}");
+    }
+
+    #[test]
     fn jwt_shape() {
         assert!(looks_like_jwt(JWT));
         assert!(!looks_like_jwt("a.b"));

@@ -689,6 +689,143 @@ mod tests {
         );
     }
 
+    fn load_text(text: &str) -> Result<EndpointConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.yaml");
+        std::fs::write(
+            &p,
+            format!("store:\n  file: {{configDir: c, stateDir: s}}\n{text}"),
+        )
+        .unwrap();
+        EndpointConfig::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cloud_platforms_are_off_until_configured_and_defaults_are_secure() {
+        let c = load_text("").unwrap();
+        assert!(c.authentication.aws.is_none());
+        assert!(c.authentication.gcp.is_none() && c.authentication.azure.is_none());
+        assert!(c.authentication.one_session_per_host);
+
+        let c = load_text(
+            "authentication:\n  aws:\n    ec2:\n      certificates: [{region: us-east-2, file: sim.pem}]\n    api: {endpoint: 'http://127.0.0.1:5000', credentialsFile: creds}\n  gcp: {jwksFile: jwks.json}\n  azure: {rootCertificates: [root.pem]}\n",
+        )
+        .unwrap();
+        let ec2 = c.authentication.aws.as_ref().unwrap().ec2.as_ref().unwrap();
+        assert_eq!(
+            ec2.connected_over,
+            AddressType::Vpc,
+            "bound to the source by default"
+        );
+        assert!(ec2.trusted_proxies.is_empty() && ec2.max_age_since_pending.is_none());
+        assert!(!ec2.allow_signature && !ec2.allow_pkcs7_dsa);
+        assert_eq!(ec2.certificates[0].form, Ec2SignatureForm::Rsa2048);
+        // Paths are relative to the config file.
+        assert!(ec2.certificates[0].file.is_absolute());
+        let api = c.authentication.aws.as_ref().unwrap().api.as_ref().unwrap();
+        assert!(api.credentials_file.as_ref().unwrap().is_absolute());
+        assert!(!api.require_running);
+        assert!(c.authentication.azure.as_ref().unwrap().root_certificates[0].is_absolute());
+        assert!(
+            c.authentication
+                .gcp
+                .as_ref()
+                .unwrap()
+                .jwks_file
+                .as_ref()
+                .unwrap()
+                .is_absolute()
+        );
+    }
+
+    #[test]
+    fn cloud_settings_are_validated() {
+        for (text, want) in [
+            ("authentication:\n  aws: {}\n", "set ec2 and/or ecs"),
+            (
+                "authentication:\n  aws:\n    ecs: {allowedSts: []}\n",
+                "allowedSts",
+            ),
+            (
+                "authentication:\n  aws:\n    ecs: {}\n    api: {}\n",
+                "only EC2 uses the AWS API",
+            ),
+            (
+                "authentication:\n  aws:\n    ec2: {maxAgeSincePending: 0s}\n",
+                "maxAgeSincePending",
+            ),
+            (
+                "authentication:\n  aws:\n    ec2: {trustedProxies: [10.0.0.0/33]}\n",
+                "prefix",
+            ),
+            (
+                "authentication:\n  aws:\n    ec2: {connectedOver: LAN}\n",
+                "LAN",
+            ),
+            (
+                "authentication:\n  gcp: {jwksFile: a, jwksUri: 'https://x'}\n",
+                "only one of",
+            ),
+            (
+                "authentication:\n  azure: {rootCertificates: []}\n",
+                "rootCertificates",
+            ),
+            (
+                "authentication:\n  aws:\n    ec2: {allowSignatures: true}\n",
+                "allowSignatures",
+            ),
+        ] {
+            let e = load_text(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn aws_api_credentials_from_env_or_shared_file_never_inline() {
+        let s = AwsApiSettings {
+            require_running: true,
+            ..Default::default()
+        };
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKIDENV".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".to_string()),
+            _ => None,
+        };
+        let c = s.resolve(&env).unwrap();
+        assert_eq!(c.access_key_id, "AKIDENV");
+        assert!(c.require_running && c.session_token.is_none());
+        let e = s.resolve(&|_| None).unwrap_err();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("credentials");
+        std::fs::write(
+            &f,
+            "[default]\naws_access_key_id = AKIDDEF\naws_secret_access_key = s1\n\n# other\n[onboarding]\naws_access_key_id=AKIDONB\naws_secret_access_key=s2\naws_session_token=tok\n",
+        )
+        .unwrap();
+        let from_file = |profile: Option<&str>| AwsApiSettings {
+            credentials_file: Some(f.clone()),
+            profile: profile.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file(None).resolve(&env).unwrap().access_key_id,
+            "AKIDDEF"
+        );
+        let c = from_file(Some("onboarding")).resolve(&env).unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.session_token.as_deref()),
+            ("AKIDONB", Some("tok"))
+        );
+        let e = from_file(Some("nope")).resolve(&env).unwrap_err();
+        assert!(e.contains("[nope]"), "{e}");
+        // Inline keys are not a field: the config file never holds the secret.
+        let e = load_text("authentication:\n  aws:\n    ec2: {}\n    api: {secretAccessKey: x}\n")
+            .unwrap_err();
+        assert!(e.contains("secretAccessKey"), "{e}");
+    }
+
     #[test]
     fn bad_listen_is_explained() {
         let dir = tempfile::tempdir().unwrap();

@@ -260,7 +260,7 @@ mod forward {
 
     /// `authentication.aws.ecs` in the endpoint's config.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
     pub struct EcsConfig {
         /// STS addresses (scheme://host[:port]) the endpoint will forward to; a signed
         /// request for any other host is refused (the endpoint never calls an address the
