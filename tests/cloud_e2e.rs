@@ -423,6 +423,27 @@ fn ec2_end_to_end_with_one_live_session_per_instance() {
     );
     assert_eq!(agent.state()["phase"], "connected");
 
+    // The agent crashes (SIGKILL, no unregister) and comes back at once: its old session is
+    // still live, so it is refused as a second session until that times out (3s), then
+    // takes the instance over and reuses its WAR.
+    if let Some(mut c) = agent.child.take() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let mut agent = Agent::start(
+        &ep,
+        "host:\n  aws:\n    ec2: {}",
+        &[("ONBOARDING_AGENT_AWS_IMDS", simp.url.clone())],
+    );
+    let took = agent.wait_connected(&ep);
+    eprintln!(
+        "EC2: a restarted agent got its instance back {:.0} ms after start (keep-alive timeout 3s)",
+        took.as_millis()
+    );
+    let log = agent.log();
+    assert!(log.contains("session_conflict"), "{log}");
+    assert!(log.contains("existing registration reused"), "{log}");
+
     // SIGTERM: the agent unregisters, which ends its session: the instance may onboard
     // again at once.
     agent.stop();
