@@ -729,9 +729,29 @@ fn sigkill_during_writes_leaves_old_or_new_files_and_the_restart_is_not_lost() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let window = full_run.as_micros() as u64 * 12 / 10;
-        let delay = Duration::from_micros(seed % window.max(1));
         agent.spawn();
-        std::thread::sleep(delay);
+        let delay = if i % 2 == 0 {
+            // Anywhere in the run.
+            let d = Duration::from_micros(seed % window.max(1));
+            std::thread::sleep(d);
+            d
+        } else {
+            // Right inside the write phase: the writes take a millisecond or two of a run of
+            // a hundred, so wait (spinning) for the first file to change, then kill within
+            // the next 2 ms.
+            let first = agent.root_file(CLUSTER_ENV);
+            let started = Instant::now();
+            while std::fs::read(&first).is_ok_and(|c| c == old[0].1) {
+                assert!(started.elapsed() < Duration::from_secs(20), "no write seen");
+                std::hint::spin_loop();
+            }
+            let extra = Duration::from_micros(seed % 2000);
+            let spin = Instant::now();
+            while spin.elapsed() < extra {
+                std::hint::spin_loop();
+            }
+            started.elapsed()
+        };
         agent.kill9();
 
         let after = file_set(&agent.path("root"));
