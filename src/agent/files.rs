@@ -47,7 +47,33 @@ pub enum FilesError {
 }
 
 /// uid and gid of a local user, or None when there is no such user.
+///
+/// `/etc/passwd` first: the istio-sidecar package creates `istio-proxy` there, and going
+/// through NSS would map its modules (libnss_systemd and friends, ~0.7 MiB) into the agent
+/// for the rest of its life. NSS only when the file does not have the user.
 fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd")
+        && let Some(ids) = passwd_entry(&passwd, name)
+    {
+        return Some(ids);
+    }
+    lookup_user_nss(name)
+}
+
+fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != name {
+            return None;
+        }
+        let _password = f.next()?;
+        let uid = f.next()?.parse().ok()?;
+        let gid = f.next()?.parse().ok()?;
+        Some((uid, gid))
+    })
+}
+
+fn lookup_user_nss(name: &str) -> Option<(u32, u32)> {
     let cname = std::ffi::CString::new(name).ok()?;
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 4096];
@@ -230,6 +256,14 @@ mod tests {
             restart_on_change: restart,
             owner: None,
         }
+    }
+
+    #[test]
+    fn passwd_lines() {
+        let p = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/bin/sh\n";
+        assert_eq!(passwd_entry(p, "istio-proxy"), Some((998, 997)));
+        assert_eq!(passwd_entry(p, "istio"), None);
+        assert_eq!(passwd_entry("broken", "broken"), None);
     }
 
     #[test]
