@@ -22,8 +22,18 @@ else
     cargo build --quiet --release --no-default-features --features agent --bin onboarding-agent
     release_size=$(stat -c %s "$repo/target/release/onboarding-agent")
     cargo build --quiet --profile release-agent --no-default-features --features agent --bin onboarding-agent
-    # The measurements below run the size-optimised build that packages ship.
     agent_bin=$repo/target/release-agent/onboarding-agent
+    gnu_size=$(stat -c %s "$agent_bin")
+    # The static musl build is what constrained VMs should get: no glibc version floor
+    # (a bookworm glibc build needs GLIBC_2.34, so not RHEL 8 or Debian 11) and no shared
+    # libraries mapped into the agent. Measured when the toolchain has it
+    # (`rustup target add x86_64-unknown-linux-musl`, `apt-get install musl-tools`).
+    if rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$' && command -v musl-gcc >/dev/null; then
+        CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --profile release-agent \
+            --target x86_64-unknown-linux-musl --no-default-features --features agent --bin onboarding-agent
+        agent_bin=$repo/target/x86_64-unknown-linux-musl/release-agent/onboarding-agent
+        musl_size=$(stat -c %s "$agent_bin")
+    fi
 fi
 cargo build --quiet --bin onboarding-endpoint
 endpoint_bin=$repo/target/debug/onboarding-endpoint
@@ -118,8 +128,17 @@ size=$(stat -c %s "$agent_bin")
 
 echo
 mib() { awk -v b="$1" 'BEGIN {printf "%.2f", b / 1048576}'; }
-echo "binary size (stripped, profile release-agent: opt-level s, panic abort): $size bytes ($(mib "$size") MiB)"
-echo "    cargo build --profile release-agent --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release-agent/onboarding-agent"
+echo "measured binary: $agent_bin"
+if [ -n "${musl_size:-}" ]; then
+    echo "binary size (stripped, static musl, profile release-agent): $musl_size bytes ($(mib "$musl_size") MiB)"
+    echo "    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --profile release-agent --target x86_64-unknown-linux-musl --no-default-features --features agent --bin onboarding-agent"
+fi
+if [ -n "${gnu_size:-}" ]; then
+    echo "binary size (stripped, glibc, profile release-agent: opt-level s, panic abort): $gnu_size bytes ($(mib "$gnu_size") MiB)"
+    echo "    cargo build --profile release-agent --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release-agent/onboarding-agent"
+elif [ -z "${musl_size:-}" ]; then
+    echo "binary size (stripped, as given in AGENT_BIN): $size bytes ($(mib "$size") MiB)"
+fi
 if [ -n "$release_size" ]; then
     echo "binary size (stripped, profile release): $release_size bytes ($(mib "$release_size") MiB)"
     echo "    cargo build --release --no-default-features --features agent --bin onboarding-agent && stat -c %s target/release/onboarding-agent"

@@ -46,18 +46,13 @@ pub enum FilesError {
     Write(#[from] atomic::WriteError),
 }
 
-/// uid and gid of a local user, or None when there is no such user.
+/// uid and gid of a local user from `/etc/passwd`, or None when it has no such user.
 ///
-/// `/etc/passwd` first: the istio-sidecar package creates `istio-proxy` there, and going
-/// through NSS would map its modules (libnss_systemd and friends, ~0.7 MiB) into the agent
-/// for the rest of its life. NSS only when the file does not have the user.
+/// Not through NSS: the istio-sidecar package creates `istio-proxy` with useradd, so it is
+/// always in the file, and NSS would map its modules (libnss_systemd and friends, ~0.7 MiB)
+/// into the agent for the rest of its life.
 fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd")
-        && let Some(ids) = passwd_entry(&passwd, name)
-    {
-        return Some(ids);
-    }
-    lookup_user_nss(name)
+    passwd_entry(&std::fs::read_to_string("/etc/passwd").ok()?, name)
 }
 
 fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
@@ -71,25 +66,6 @@ fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
         let gid = f.next()?.parse().ok()?;
         Some((uid, gid))
     })
-}
-
-fn lookup_user_nss(name: &str) -> Option<(u32, u32)> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r writes into `pwd` and `buf`, which outlive the call; `result` is
-    // either null or points at `pwd`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 
 /// Hands `target` to `owner` when the agent can (it runs as root) and the user exists; the
