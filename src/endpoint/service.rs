@@ -712,35 +712,38 @@ impl<S: Store> Service<S> {
                 namespace: war.metadata.namespace.clone(),
                 name: war.metadata.name.clone(),
             };
-            let mine = war
-                .status
-                .active_agent_connection
-                .as_ref()
-                .is_some_and(|c| c.connected_to == self.settings.instance);
-            if mine
-                && !live.contains(&key)
-                && (stale.contains(&key) || restart_settled)
-                && connection::mark_disconnected(
-                    &mut war,
-                    connection::REASON_KEEPALIVE_TIMEOUT,
-                    &format!("no keep-alive for {}s", timeout.as_secs()),
-                    &now_str,
-                )
-            {
-                self.store.put_war(&war).await?;
-                disconnected += 1;
-                tracing::info!(registration = %key, "agent disconnected");
-            }
-            if connection::is_expired(&war, now, self.settings.grace_period)
-                && !live.contains(&key)
-                && self
-                    .store
-                    .delete_registration(&key.namespace, &key.name)
-                    .await?
-            {
-                deleted += 1;
-                self.metrics.registrations_deleted.inc();
-                tracing::info!(registration = %key, "registration deleted after grace period");
+            let view = connection::SweepView {
+                instance: &self.settings.instance,
+                has_live_session: live.contains(&key),
+                session_timed_out: stale.contains(&key),
+                restart_settled,
+                now,
+                grace: self.settings.grace_period,
+            };
+            match connection::sweep_action(&war, view) {
+                connection::SweepAction::Keep => {}
+                connection::SweepAction::MarkDisconnected => {
+                    connection::mark_disconnected(
+                        &mut war,
+                        connection::REASON_KEEPALIVE_TIMEOUT,
+                        &format!("no keep-alive for {}s", timeout.as_secs()),
+                        &now_str,
+                    );
+                    self.store.put_war(&war).await?;
+                    disconnected += 1;
+                    tracing::info!(registration = %key, "agent disconnected");
+                }
+                connection::SweepAction::Delete => {
+                    if self
+                        .store
+                        .delete_registration(&key.namespace, &key.name)
+                        .await?
+                    {
+                        deleted += 1;
+                        self.metrics.registrations_deleted.inc();
+                        tracing::info!(registration = %key, "registration deleted after grace period");
+                    }
+                }
             }
         }
         self.store.collect_orphans().await?;

@@ -95,3 +95,52 @@ pub fn is_expired(war: &WorkloadAutoRegistration, now: SystemTime, grace: Durati
     };
     now.duration_since(since).is_ok_and(|d| d >= grace)
 }
+
+/// What one pass of the endpoint's cleanup loop knows about a WAR besides the WAR itself.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepView<'a> {
+    /// This endpoint instance (`connectedTo` of the WARs it is responsible for).
+    pub instance: &'a str,
+    /// A keep-alive arrived within the timeout.
+    pub has_live_session: bool,
+    /// This instance had a session for it, and it just timed out.
+    pub session_timed_out: bool,
+    /// The instance has run for at least one keep-alive timeout, so agents that were
+    /// connected before a restart have had their chance to come back.
+    pub restart_settled: bool,
+    pub now: SystemTime,
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepAction {
+    Keep,
+    /// Set `AgentConnected=False`; deletion follows after the grace period.
+    MarkDisconnected,
+    /// Disconnected for the whole grace period: delete with its WorkloadEntry.
+    Delete,
+}
+
+/// Decides one WAR's fate in a cleanup pass. WARs connected through another instance are
+/// left to it (only the instance an agent talks to knows whether it is still there).
+pub fn sweep_action(war: &WorkloadAutoRegistration, v: SweepView<'_>) -> SweepAction {
+    if v.has_live_session {
+        return SweepAction::Keep;
+    }
+    let mine = war
+        .status
+        .active_agent_connection
+        .as_ref()
+        .is_some_and(|c| c.connected_to == v.instance);
+    if mine
+        && war.agent_connected() == ConditionStatus::True
+        && (v.session_timed_out || v.restart_settled)
+    {
+        return SweepAction::MarkDisconnected;
+    }
+    if is_expired(war, v.now, v.grace) {
+        SweepAction::Delete
+    } else {
+        SweepAction::Keep
+    }
+}

@@ -216,3 +216,73 @@ fn connection_transitions_and_grace() {
     assert!(is_expired(&w, t1 + Duration::from_secs(300), grace));
     assert_eq!(w.status.conditions.len(), 1);
 }
+
+#[test]
+fn sweep_decisions() {
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let grace = Duration::from_secs(300);
+    let mut w = war();
+    mark_connected(&mut w, "ep-1", &crate::timestamp::format(t0));
+    let view = SweepView {
+        instance: "ep-1",
+        has_live_session: false,
+        session_timed_out: false,
+        restart_settled: false,
+        now: t0 + Duration::from_secs(10),
+        grace,
+    };
+    // Just restarted, agent not back yet: wait.
+    assert_eq!(sweep_action(&w, view), SweepAction::Keep);
+    let live = SweepView {
+        has_live_session: true,
+        restart_settled: true,
+        ..view
+    };
+    assert_eq!(sweep_action(&w, live), SweepAction::Keep);
+    let timed_out = SweepView {
+        session_timed_out: true,
+        ..view
+    };
+    assert_eq!(sweep_action(&w, timed_out), SweepAction::MarkDisconnected);
+    let settled = SweepView {
+        restart_settled: true,
+        ..view
+    };
+    assert_eq!(sweep_action(&w, settled), SweepAction::MarkDisconnected);
+    // Another instance's agent is not ours to judge.
+    let other = SweepView {
+        instance: "ep-2",
+        restart_settled: true,
+        ..view
+    };
+    assert_eq!(sweep_action(&w, other), SweepAction::Keep);
+    // Disconnected: deleted only once the grace period is over.
+    let t1 = t0 + Duration::from_secs(60);
+    mark_disconnected(
+        &mut w,
+        REASON_KEEPALIVE_TIMEOUT,
+        "",
+        &crate::timestamp::format(t1),
+    );
+    let early = SweepView {
+        now: t1 + Duration::from_secs(299),
+        ..settled
+    };
+    assert_eq!(sweep_action(&w, early), SweepAction::Keep);
+    let late = SweepView {
+        now: t1 + grace,
+        ..settled
+    };
+    assert_eq!(sweep_action(&w, late), SweepAction::Delete);
+    // A live session (the agent came back) saves it.
+    assert_eq!(
+        sweep_action(
+            &w,
+            SweepView {
+                has_live_session: true,
+                ..late
+            }
+        ),
+        SweepAction::Keep
+    );
+}
