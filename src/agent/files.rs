@@ -1,6 +1,7 @@
-//! Writing the sidecar's boot files under the root prefix: atomically, with the modes the
-//! endpoint gives (istio-token 0600), and only when content or mode differ, so that an
-//! unchanged bootstrap never restarts the sidecar.
+//! Writing the sidecar's boot files under the root prefix: the whole set at once (see
+//! [`apply`]), with the modes and owners the endpoint gives (istio-token 0600, istio-proxy),
+//! and only when content or mode differ, so that an unchanged bootstrap never restarts the
+//! sidecar.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -191,33 +192,201 @@ pub fn preview(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesErr
     Ok(out)
 }
 
-/// Writes the files that differ from what is on disk.
+/// Where the agent keeps generations of the file set, relative to the root prefix.
+pub const GENERATIONS_DIR: &str = "var/lib/onboarding-agent/bootstrap";
+const CURRENT: &str = "current";
+
+/// Writes the bootstrap so that the set of files flips from the old to the new one at a single
+/// instant, as Kubernetes does for ConfigMap volumes: every file of a set is written into a
+/// fresh generation directory under [`GENERATIONS_DIR`], each path the sidecar reads is a
+/// symlink to `<generations>/current/<path>`, and one `rename(2)` of the `current` symlink
+/// switches the whole set. Killed at any point, the agent leaves the old set or the new one,
+/// never a mix (the files live in four directories, so renaming them one by one could not
+/// promise that). Nothing is written when nothing changed.
 pub fn apply(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesError> {
+    // Symlink targets are absolute; a relative root would make them dangle.
+    let root = &std::path::absolute(root).map_err(|source| FilesError::Read {
+        path: root.to_path_buf(),
+        source,
+    })?;
     let targets = plan(root, files)?;
+    let generations = root.join(GENERATIONS_DIR);
+    remove_generation_temps(&generations);
     let mut applied = Applied::default();
+    let mut any_change = false;
     for (file, target) in files.iter().zip(&targets) {
         let existing = read_existing(target)?;
         let existing_ref = existing.as_ref().map(|(b, m)| (b.as_slice(), *m));
         match change_needed(existing_ref, file.content.as_bytes(), file.mode) {
             Change::None => {}
-            Change::Mode => {
-                std::fs::set_permissions(target, std::fs::Permissions::from_mode(file.mode))
-                    .map_err(|source| FilesError::Chmod {
-                        path: target.clone(),
-                        source,
-                    })?;
-            }
+            Change::Mode => any_change = true,
             Change::Content => {
-                atomic::write_file(target, file.content.as_bytes(), file.mode)?;
+                any_change = true;
                 applied.written.push(file.path.clone());
                 applied.restart_needed |= file.restart_on_change;
             }
         }
-        if let Some(owner) = &file.owner {
-            apply_owner(target, owner)?;
+        any_change |= !links_into_current(target, &generations, &file.path);
+    }
+    if !any_change {
+        // Owners may still need fixing (istio-proxy created after the files were written).
+        for (file, target) in files.iter().zip(&targets) {
+            if let Some(owner) = &file.owner {
+                apply_owner(target, owner)?;
+            }
+        }
+        return Ok(applied);
+    }
+    // First time through (plain files, or nothing yet): capture what is there now as a
+    // generation and point the paths at it, so that switching paths to links changes no
+    // content; only the `current` swap below does.
+    if targets
+        .iter()
+        .zip(files)
+        .any(|(t, f)| !links_into_current(t, &generations, &f.path))
+    {
+        let old: Vec<(BootstrapFile, Option<(Vec<u8>, u32)>)> = files
+            .iter()
+            .zip(&targets)
+            .map(|(f, t)| Ok((f.clone(), read_existing(t)?)))
+            .collect::<Result<_, FilesError>>()?;
+        let snapshot: Vec<BootstrapFile> = old
+            .iter()
+            .filter_map(|(f, existing)| {
+                existing.as_ref().map(|(bytes, mode)| BootstrapFile {
+                    content: String::from_utf8_lossy(bytes).into_owned(),
+                    mode: mode & 0o7777,
+                    ..f.clone()
+                })
+            })
+            .collect();
+        let gen_old = write_generation(&generations, &snapshot)?;
+        switch_current(&generations, &gen_old)?;
+        for (file, target) in files.iter().zip(&targets) {
+            link_to_current(target, &generations, &file.path)?;
         }
     }
+    let gen_new = write_generation(&generations, files)?;
+    switch_current(&generations, &gen_new)?;
+    remove_old_generations(&generations, &gen_new);
     Ok(applied)
+}
+
+fn in_generation(gen_dir: &Path, abs: &str) -> PathBuf {
+    gen_dir.join(abs.trim_start_matches('/'))
+}
+
+/// Whether `target` is already our symlink to `<generations>/current/<path>`.
+fn links_into_current(target: &Path, generations: &Path, abs: &str) -> bool {
+    std::fs::read_link(target).is_ok_and(|l| l == in_generation(&generations.join(CURRENT), abs))
+}
+
+/// Writes a complete generation under a temporary name, then renames it into place: a
+/// generation directory is either whole or absent.
+fn write_generation(generations: &Path, files: &[BootstrapFile]) -> Result<String, FilesError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "gen-{nanos}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = generations.join(format!(".{name}.tmp"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FilesError::Write(atomic::WriteError { path, source })
+    };
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    // Readable by istio-proxy on the way to its files.
+    for dir in [generations.parent().unwrap_or(generations), generations] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
+    }
+    for f in files {
+        let path = in_generation(&tmp, &f.path);
+        atomic::write_file(&path, f.content.as_bytes(), f.mode)?;
+        if let Some(owner) = &f.owner {
+            apply_owner(&path, owner)?;
+        }
+    }
+    let dest = generations.join(&name);
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    std::fs::File::open(generations)
+        .and_then(|d| d.sync_all())
+        .map_err(io(generations))?;
+    Ok(name)
+}
+
+/// Points `current` at `gen` with one rename.
+fn switch_current(generations: &Path, gen_name: &str) -> Result<(), FilesError> {
+    let link = generations.join(CURRENT);
+    let tmp = generations.join(format!(".{CURRENT}.tmp.{}", std::process::id()));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FilesError::Write(atomic::WriteError { path, source })
+    };
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(gen_name, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &link).map_err(io(&link))?;
+    std::fs::File::open(generations)
+        .and_then(|d| d.sync_all())
+        .map_err(io(generations))
+}
+
+/// Replaces whatever is at `target` by a symlink into `current`, atomically.
+fn link_to_current(target: &Path, generations: &Path, abs: &str) -> Result<(), FilesError> {
+    let dest = in_generation(&generations.join(CURRENT), abs);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FilesError::Write(atomic::WriteError { path, source })
+    };
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}.link", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&dest, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, target).map_err(io(target))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Generations other than `keep` (and what `current` points at) are no longer read.
+fn remove_old_generations(generations: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(generations) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gen-") && name != keep {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Half-written generations and link temporaries a killed agent left behind.
+fn remove_generation_temps(generations: &Path) {
+    let Ok(entries) = std::fs::read_dir(generations) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp") {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +401,109 @@ mod tests {
             restart_on_change: restart,
             owner: None,
         }
+    }
+
+    fn set(tag: &str) -> Vec<BootstrapFile> {
+        vec![
+            file(
+                "/var/lib/istio/envoy/cluster.env",
+                0o644,
+                &format!("A={tag}\n"),
+                true,
+            ),
+            file(
+                "/etc/certs/root-cert.pem",
+                0o644,
+                &format!("cert-{tag}"),
+                true,
+            ),
+            file(
+                "/var/run/secrets/tokens/istio-token",
+                0o600,
+                &format!("tok-{tag}"),
+                false,
+            ),
+        ]
+    }
+
+    fn read_set(root: &Path) -> Vec<String> {
+        set("x")
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(target_path(root, &f.path).unwrap()).unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_set_switches_through_one_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Plain files from before (an older agent, or istioctl by hand).
+        let cluster_env = root.join("var/lib/istio/envoy/cluster.env");
+        std::fs::create_dir_all(cluster_env.parent().unwrap()).unwrap();
+        std::fs::write(&cluster_env, "A=hand\n").unwrap();
+        let a = apply(root, &set("a")).unwrap();
+        assert!(a.restart_needed);
+        assert_eq!(read_set(root), vec!["A=a\n", "cert-a", "tok-a"]);
+        for f in set("a") {
+            let t = target_path(root, &f.path).unwrap();
+            assert!(
+                std::fs::symlink_metadata(&t)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink(),
+                "{t:?}"
+            );
+        }
+        let token = target_path(root, "/var/run/secrets/tokens/istio-token").unwrap();
+        assert_eq!(
+            std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Nothing changed: nothing written, no new generation.
+        let gens = |root: &Path| {
+            std::fs::read_dir(root.join(GENERATIONS_DIR))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("gen-"))
+                .collect::<Vec<_>>()
+        };
+        let before = gens(root);
+        assert_eq!(apply(root, &set("a")).unwrap(), Applied::default());
+        assert_eq!(gens(root), before);
+        // A new set replaces the whole set; the old generation goes.
+        let b = apply(root, &set("b")).unwrap();
+        assert_eq!(b.written.len(), 3);
+        assert_eq!(read_set(root), vec!["A=b\n", "cert-b", "tok-b"]);
+        assert_eq!(gens(root).len(), 1);
+        assert_ne!(gens(root), before);
+    }
+
+    #[test]
+    fn a_killed_switch_leaves_old_or_new() {
+        // The steps of `apply` before the final swap change nothing a reader sees: replay
+        // them by hand and check the visible set after each.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        apply(root, &set("a")).unwrap();
+        let generations = root.join(GENERATIONS_DIR);
+        let new_gen = write_generation(&generations, &set("b")).unwrap();
+        assert_eq!(
+            read_set(root),
+            vec!["A=a\n", "cert-a", "tok-a"],
+            "after writing"
+        );
+        // A half-written generation (killed mid-way) is cleaned up and never read.
+        std::fs::create_dir_all(generations.join(".gen-x.tmp/etc")).unwrap();
+        switch_current(&generations, &new_gen).unwrap();
+        assert_eq!(
+            read_set(root),
+            vec!["A=b\n", "cert-b", "tok-b"],
+            "after the swap"
+        );
+        apply(root, &set("b")).unwrap();
+        assert!(!generations.join(".gen-x.tmp").exists());
     }
 
     #[test]
