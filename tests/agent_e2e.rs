@@ -3,261 +3,24 @@
 //! credentials signed with the test keys, the embedded file store, the agent's root prefix in
 //! a temporary directory and the sidecar restart pointed at a script that records each call.
 
+#[path = "support/agent.rs"]
+mod agent_support;
 #[path = "support/endpoint.rs"]
 mod endpoint;
 #[path = "support/oidc.rs"]
 mod oidc;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use endpoint::{Endpoint, NS, Options, read, vm_jwt};
+use agent_support::{Agent, STATE_FILE, onboarding_config, wait_for};
+use endpoint::{Endpoint, NS, Options, read};
 
 const WAR: &str = "ratings-jwt-corp-vm-0001";
 const CLUSTER_ENV: &str = "var/lib/istio/envoy/cluster.env";
 const TOKEN: &str = "var/run/secrets/tokens/istio-token";
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One agent process with its own root, configs, state file and restart log.
-struct Agent {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-}
-
-struct AgentSetup<'a> {
-    group: &'a str,
-    subject: &'a str,
-    extra_agent_config: &'a str,
-    /// Replaces the default credential source (a JWT file signed with the test key).
-    credential_yaml: Option<String>,
-}
-
-impl Default for AgentSetup<'_> {
-    fn default() -> Self {
-        AgentSetup {
-            group: "ratings",
-            subject: "vm-0001",
-            extra_agent_config: "",
-            credential_yaml: None,
-        }
-    }
-}
-
-fn onboarding_config(ep: &Endpoint, ca: &Path, group: &str) -> String {
-    format!(
-        "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
-kind: OnboardingConfiguration
-onboardingEndpoint:
-  host: 127.0.0.1
-  port: {port}
-  transportSecurity:
-    tls: {{caFile: {ca}}}
-workloadGroup: {{namespace: {NS}, name: {group}}}
-workload:
-  labels: {{version: v5}}
-",
-        port = ep.port(),
-        ca = ca.display()
-    )
-}
-
-impl Agent {
-    fn prepare(ep: &Endpoint, setup: AgentSetup) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        std::fs::create_dir_all(p.join("etc/onboarding-agent")).unwrap();
-        std::fs::create_dir_all(p.join("root/etc")).unwrap();
-        std::fs::write(
-            p.join("root/etc/hosts"),
-            "127.0.0.1 localhost\n# user line\n",
-        )
-        .unwrap();
-        std::fs::write(p.join("ca.pem"), &ep.ca_pem).unwrap();
-        std::fs::write(p.join("jwt"), vm_jwt(setup.subject, &ep.plane_uid)).unwrap();
-        let credential = setup
-            .credential_yaml
-            .clone()
-            .unwrap_or_else(|| format!("    - file: {}\n", p.join("jwt").display()));
-        let restart = p.join("restart-sidecar.sh");
-        std::fs::write(
-            &restart,
-            format!(
-                "#!/bin/sh\necho restarted >> {}\n",
-                p.join("restarts.log").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&restart, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            p.join("etc/onboarding-agent/onboarding.config.yaml"),
-            onboarding_config(ep, &p.join("ca.pem"), setup.group),
-        )
-        .unwrap();
-        std::fs::write(
-            p.join("etc/onboarding-agent/agent.config.yaml"),
-            format!(
-                "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
-kind: AgentConfiguration
-host:
-  custom:
-    credential:
-{credential}    hostinfo:
-      basic:
-        networkInterfaces: {{include: ['^lo$']}}
-settings:
-  connection:
-    retryPolicy:
-      exponentialBackoff: {{initialInterval: 100ms, maxInterval: 500ms}}
-{extra}",
-                extra = setup.extra_agent_config
-            ),
-        )
-        .unwrap();
-        Agent {
-            dir,
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
-        }
-    }
-
-    fn start(ep: &Endpoint, setup: AgentSetup) -> Agent {
-        let mut a = Agent::prepare(ep, setup);
-        a.spawn();
-        a
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn root_file(&self, rel: &str) -> PathBuf {
-        self.path("root").join(rel)
-    }
-
-    fn spawn(&mut self) {
-        let p = self.dir.path();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
-            .arg("--onboarding-config")
-            .arg(p.join("etc/onboarding-agent/onboarding.config.yaml"))
-            .arg("--agent-config")
-            .arg(p.join("etc/onboarding-agent/agent.config.yaml"))
-            .arg("--root")
-            .arg(p.join("root"))
-            .arg("--state-file")
-            .arg(p.join("state/state.json"))
-            .arg("--restart-command")
-            .arg(p.join("restart-sidecar.sh"))
-            .env("ONBOARDING_AGENT_LOG", "debug")
-            .env_remove("ONBOARDING_CONFIG")
-            .env_remove("AGENT_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start onboarding-agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        self.child = Some(child);
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn restarts(&self) -> usize {
-        std::fs::read_to_string(self.path("restarts.log"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-
-    fn state(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.path("state/state.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    fn wait_phase(&self, phase: &str, timeout: Duration) {
-        let start = Instant::now();
-        while self.state()["phase"] != phase {
-            if start.elapsed() > timeout {
-                panic!(
-                    "agent never reached phase {phase}; state {}\nlog:\n{}",
-                    self.state(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("agent did not exit in {timeout:?}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn write_onboarding_config(&self, text: &str) {
-        // Replace by rename, as editors and config management do.
-        let p = self.path("etc/onboarding-agent/onboarding.config.yaml");
-        let tmp = self.path("etc/onboarding-agent/.edit.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn war_table(ep: &Endpoint) -> String {
     let (ok, out, err) = ep.cli(&["get", "war", "-A"]);
@@ -310,7 +73,7 @@ fn fast_endpoint() -> Endpoint {
 fn onboards_writes_files_reconnects_without_restart_and_unregisters_on_sigterm() {
     let mut ep = fast_endpoint();
     let t0 = Instant::now();
-    let mut agent = Agent::start(&ep, AgentSetup::default());
+    let mut agent = Agent::builder(&ep).start();
     agent.wait_phase("connected", Duration::from_secs(20));
     let onboard_time = t0.elapsed();
 
@@ -353,7 +116,7 @@ fn onboards_writes_files_reconnects_without_restart_and_unregisters_on_sigterm()
     // `status` prints the state file.
     let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
         .args(["status", "--state-file"])
-        .arg(agent.path("state/state.json"))
+        .arg(agent.path(STATE_FILE))
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
@@ -422,7 +185,7 @@ fn onboards_writes_files_reconnects_without_restart_and_unregisters_on_sigterm()
 fn config_edit_onboards_again_and_invalid_edit_is_ignored() {
     let ep = fast_endpoint();
     add_group(&ep, "ratings-canary", "ratings-canary-vm");
-    let agent = Agent::start(&ep, AgentSetup::default());
+    let agent = Agent::builder(&ep).start();
     agent.wait_phase("connected", Duration::from_secs(20));
     assert_eq!(agent.restarts(), 1);
 
@@ -475,7 +238,7 @@ fn config_edit_onboards_again_and_invalid_edit_is_ignored() {
 #[test]
 fn deleted_war_onboards_again_with_the_new_snapshot() {
     let ep = fast_endpoint();
-    let agent = Agent::start(&ep, AgentSetup::default());
+    let agent = Agent::builder(&ep).start();
     agent.wait_phase("connected", Duration::from_secs(20));
     let before = read(&agent.root_file(CLUSTER_ENV));
     assert!(before.contains("ratings-vm"), "{before}");
@@ -534,7 +297,7 @@ fn session_and_istio_tokens_are_renewed_before_they_expire() {
     )
     .unwrap();
     ep.restart_same_port();
-    let agent = Agent::start(&ep, AgentSetup::default());
+    let agent = Agent::builder(&ep).start();
     agent.wait_phase("connected", Duration::from_secs(20));
 
     // For a minute, sample: the istio-token on disk and the session token must never be
@@ -639,13 +402,7 @@ spec:
         secret = secret.path().display(),
         ca = provider.ca_file.display()
     );
-    let agent = Agent::start(
-        &ep,
-        AgentSetup {
-            credential_yaml: Some(credential),
-            ..AgentSetup::default()
-        },
-    );
+    let agent = Agent::builder(&ep).credential_yaml(credential).start();
     agent.wait_phase("connected", Duration::from_secs(30));
     let war = format!("ratings-jwt-testidp-{}", oidc::CLIENT_ID);
     assert_eq!(agent.state()["registration"], format!("{NS}/{war}"));
@@ -688,18 +445,12 @@ fn sigkill_during_writes_leaves_old_or_new_files_and_the_restart_is_not_lost() {
     add_group(&ep, "ratings-canary", "ratings-canary-vm");
 
     // The old set (group ratings) and the new set (group ratings-canary), from full runs.
-    let old_agent = Agent::start(&ep, AgentSetup::default());
+    let old_agent = Agent::builder(&ep).start();
     old_agent.wait_phase("connected", Duration::from_secs(20));
     let old = file_set(&old_agent.path("root"));
     drop(old_agent);
     let t0 = Instant::now();
-    let new_agent = Agent::start(
-        &ep,
-        AgentSetup {
-            group: "ratings-canary",
-            ..AgentSetup::default()
-        },
-    );
+    let new_agent = Agent::builder(&ep).group("ratings-canary").start();
     wait_for("new set written", Duration::from_secs(20), || {
         new_agent.restarts() == 1
     });
@@ -712,13 +463,7 @@ fn sigkill_during_writes_leaves_old_or_new_files_and_the_restart_is_not_lost() {
     let mut mixed = 0;
     let iterations = 12;
     for i in 0..iterations {
-        let mut agent = Agent::prepare(
-            &ep,
-            AgentSetup {
-                group: "ratings-canary",
-                ..AgentSetup::default()
-            },
-        );
+        let mut agent = Agent::builder(&ep).group("ratings-canary").prepare();
         for (rel, content) in &old {
             let p = agent.root_file(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -9,18 +9,19 @@
 //! unless CI=true.
 #![cfg(all(feature = "endpoint", feature = "agent"))]
 
+#[path = "support/agent.rs"]
+mod agent_support;
 #[path = "support/endpoint.rs"]
 mod endpoint;
 #[path = "support/moto.rs"]
 mod moto;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use agent_support::{Agent, wait_for};
 use base64::Engine;
 use endpoint::{Endpoint, Extra, NS, Options, read};
 use workload_onboarding::identity::simulator::{SimulatedHost, Simulator, SimulatorKeys};
@@ -51,14 +52,6 @@ fn closed_port_url() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The `cloud-metadata-simulator` binary, serving `host` on a free port.
 struct SimProcess {
     child: Child,
@@ -72,14 +65,7 @@ impl SimProcess {
         let host_file = trust.path().join("host-in.json");
         std::fs::write(&host_file, serde_json::to_vec(host).unwrap()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloud-metadata-simulator"));
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        let mut child = endpoint::die_with_parent(&mut cmd)
             .arg("--keys")
             .arg(keys_dir())
             .arg("--write-trust")
@@ -111,167 +97,6 @@ impl Drop for SimProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// One agent process with its own root, configs and state file.
-struct Agent {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-    started: Instant,
-}
-
-impl Agent {
-    fn start(ep: &Endpoint, host_yaml: &str, env: &[(&str, String)]) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        std::fs::create_dir_all(p.join("root/etc")).unwrap();
-        std::fs::write(p.join("root/etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-        std::fs::write(p.join("ca.pem"), &ep.ca_pem).unwrap();
-        let restart = p.join("restart-sidecar.sh");
-        std::fs::write(
-            &restart,
-            format!(
-                "#!/bin/sh\necho restarted >> {}\n",
-                p.join("restarts.log").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&restart, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            p.join("onboarding.yaml"),
-            format!(
-                "onboardingEndpoint:\n  host: 127.0.0.1\n  port: {}\n  transportSecurity:\n    tls: {{caFile: {}}}\nworkloadGroup: {{namespace: {NS}, name: ratings}}\n",
-                ep.port(),
-                p.join("ca.pem").display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            p.join("agent.yaml"),
-            format!(
-                "{host_yaml}\nsettings:\n  connection:\n    retryPolicy:\n      exponentialBackoff: {{initialInterval: 100ms, maxInterval: 500ms}}\n"
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"));
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        cmd.arg("--onboarding-config")
-            .arg(p.join("onboarding.yaml"))
-            .arg("--agent-config")
-            .arg(p.join("agent.yaml"))
-            .arg("--root")
-            .arg(p.join("root"))
-            .arg("--state-file")
-            .arg(p.join("state.json"))
-            .arg("--restart-command")
-            .arg(&restart)
-            .env("ONBOARDING_AGENT_LOG", "debug")
-            .env_remove("ONBOARDING_CONFIG")
-            .env_remove("AGENT_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for var in [
-            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            "ECS_CONTAINER_METADATA_URI_V4",
-        ] {
-            cmd.env_remove(var);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let started = Instant::now();
-        let mut child = cmd.spawn().expect("start onboarding-agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = l.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        Agent {
-            dir,
-            child: Some(child),
-            log,
-            started,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn state(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.dir.path().join("state.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Waits for `Connected`; returns how long onboarding took from process start.
-    fn wait_connected(&self, ep: &Endpoint) -> Duration {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.state()["phase"] != "connected" {
-            if Instant::now() > deadline {
-                panic!(
-                    "agent never connected; state {}\nagent log:\n{}\nendpoint log:\n{}",
-                    self.state(),
-                    self.log(),
-                    ep.log.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.started.elapsed()
-    }
-
-    fn root_file(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("root").join(rel)
-    }
-
-    /// SIGTERM and wait for the exit (the agent unregisters first).
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(0), "agent log:\n{}", self.log());
-                return;
-            }
-            // The propagation delay (1s in the test endpoint) is waited out; a second
-            // signal cuts it short.
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("agent did not stop; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -355,9 +180,7 @@ fn war_yaml(ep: &Endpoint, name: &str) -> String {
 fn assert_bootstrapped(agent: &Agent, war: &str) {
     let env = read(&agent.root_file("var/lib/istio/envoy/cluster.env"));
     assert!(env.contains(war), "cluster.env should name {war}:\n{env}");
-    let restarts =
-        std::fs::read_to_string(agent.dir.path().join("restarts.log")).unwrap_or_default();
-    assert_eq!(restarts.lines().count(), 1, "one sidecar restart");
+    assert_eq!(agent.restarts(), 1, "one sidecar restart");
 }
 
 #[test]
@@ -381,11 +204,10 @@ fn ec2_end_to_end_with_one_live_session_per_instance() {
     assert_eq!(s, 200);
     assert_eq!(d["platforms"], serde_json::json!(["jwt", "aws-ec2"]));
 
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  aws:\n    ec2: {}",
-        &[("ONBOARDING_AGENT_AWS_IMDS", simp.url.clone())],
-    );
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  aws:\n    ec2: {}")
+        .env("ONBOARDING_AGENT_AWS_IMDS", &simp.url)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "EC2: agent connected {:.0} ms after start",
@@ -426,15 +248,11 @@ fn ec2_end_to_end_with_one_live_session_per_instance() {
     // The agent crashes (SIGKILL, no unregister) and comes back at once: its old session is
     // still live, so it is refused as a second session until that times out (3s), then
     // takes the instance over and reuses its WAR.
-    if let Some(mut c) = agent.child.take() {
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  aws:\n    ec2: {}",
-        &[("ONBOARDING_AGENT_AWS_IMDS", simp.url.clone())],
-    );
+    agent.kill9();
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  aws:\n    ec2: {}")
+        .env("ONBOARDING_AGENT_AWS_IMDS", &simp.url)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "EC2: a restarted agent got its instance back {:.0} ms after start (keep-alive timeout 3s)",
@@ -715,11 +533,10 @@ print(web, db, stopped)
             ],
         },
     );
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  aws:\n    ec2: {}",
-        &[("ONBOARDING_AGENT_AWS_IMDS", simp.url.clone())],
-    );
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  aws:\n    ec2: {}")
+        .env("ONBOARDING_AGENT_AWS_IMDS", &simp.url)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "EC2 with the IAM role from the AWS API: agent connected {:.0} ms after start",
@@ -791,23 +608,20 @@ print(json.dumps({{'AccessKeyId': cr['AccessKeyId'], 'SecretAccessKey': cr['Secr
         },
     );
     let closed = closed_port_url();
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  auto: {}",
-        &[
-            (
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "/v2/credentials/sim".into(),
-            ),
-            ("ONBOARDING_AGENT_ECS_CREDENTIALS_HOST", simp.url.clone()),
-            ("ECS_CONTAINER_METADATA_URI_V4", format!("{}/v4", simp.url)),
-            ("ONBOARDING_AGENT_AWS_STS_URL", format!("{}/", moto.url)),
-            ("ONBOARDING_AGENT_AWS_STS_REGION", "us-east-1".into()),
-            ("ONBOARDING_AGENT_AWS_IMDS", closed.clone()),
-            ("ONBOARDING_AGENT_GCP_METADATA", closed.clone()),
-            ("ONBOARDING_AGENT_AZURE_IMDS", closed),
-        ],
-    );
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  auto: {}")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/sim",
+        )
+        .env("ONBOARDING_AGENT_ECS_CREDENTIALS_HOST", &simp.url)
+        .env("ECS_CONTAINER_METADATA_URI_V4", format!("{}/v4", simp.url))
+        .env("ONBOARDING_AGENT_AWS_STS_URL", format!("{}/", moto.url))
+        .env("ONBOARDING_AGENT_AWS_STS_REGION", "us-east-1")
+        .env("ONBOARDING_AGENT_AWS_IMDS", &closed)
+        .env("ONBOARDING_AGENT_GCP_METADATA", &closed)
+        .env("ONBOARDING_AGENT_AZURE_IMDS", closed)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "ECS: agent connected {:.0} ms after start",
@@ -841,15 +655,12 @@ fn gcp_end_to_end_with_host_auto_and_refusals() {
     );
     // `host: auto`: only the GCE metadata server answers (the others are closed ports).
     let closed = closed_port_url();
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  auto: {}",
-        &[
-            ("ONBOARDING_AGENT_GCP_METADATA", simp.url.clone()),
-            ("ONBOARDING_AGENT_AWS_IMDS", closed.clone()),
-            ("ONBOARDING_AGENT_AZURE_IMDS", closed),
-        ],
-    );
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  auto: {}")
+        .env("ONBOARDING_AGENT_GCP_METADATA", &simp.url)
+        .env("ONBOARDING_AGENT_AWS_IMDS", &closed)
+        .env("ONBOARDING_AGENT_AZURE_IMDS", closed)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "GCP: agent connected {:.0} ms after start",
@@ -904,11 +715,10 @@ fn azure_end_to_end_with_endpoint_nonce_and_refusals() {
             ..Extra::default()
         },
     );
-    let mut agent = Agent::start(
-        &ep,
-        "host:\n  azure: {}",
-        &[("ONBOARDING_AGENT_AZURE_IMDS", simp.url.clone())],
-    );
+    let mut agent = Agent::builder(&ep)
+        .host_yaml("host:\n  azure: {}")
+        .env("ONBOARDING_AGENT_AZURE_IMDS", &simp.url)
+        .start();
     let took = agent.wait_connected(&ep);
     eprintln!(
         "Azure: agent connected {:.0} ms after start",

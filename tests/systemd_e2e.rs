@@ -15,13 +15,17 @@
 //! SKIPPED line and passes, except under CI=true, where it fails.
 //! More in docs/testing-systemd.md.
 
+#[path = "support/agent.rs"]
+mod agent_support;
 #[path = "support/endpoint.rs"]
 mod endpoint;
 #[path = "support/nspawn.rs"]
 mod nspawn;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent_support::onboarding_config;
 use endpoint::{Endpoint, NS, Options, vm_jwt};
 use nspawn::{Container, Root};
 use sha2::Digest;
@@ -116,20 +120,7 @@ fn install(root: &Root, ep: &Endpoint) {
     );
     root.write(
         "/etc/onboarding-agent/onboarding.config.yaml",
-        format!(
-            "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
-kind: OnboardingConfiguration
-onboardingEndpoint:
-  host: 127.0.0.1
-  port: {port}
-  transportSecurity:
-    tls: {{caFile: /etc/onboarding-agent/ca.pem}}
-workloadGroup: {{namespace: {NS}, name: ratings}}
-workload:
-  labels: {{version: v5}}
-",
-            port = ep.port()
-        ),
+        onboarding_config(ep, Path::new("/etc/onboarding-agent/ca.pem"), "ratings"),
         0o644,
     );
     root.write(

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,30 @@ pub const NS: &str = "bookinfo";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Makes the child die (SIGKILL) with the thread that spawns it, even when the test runner
+/// is SIGKILLed, so that no test leaves a server behind.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+/// Appends each line of `pipe` to `log`, on a thread of its own, until the pipe closes.
+pub fn collect_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Ok(mut l) = log.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
 }
 
 /// A test CA and a server certificate for 127.0.0.1/localhost, as PEM.
@@ -219,15 +243,7 @@ server: {{maxBodyBytes: 8192}}
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"));
-        // The endpoint dies with the test process, even when that is SIGKILLed.
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        let mut child = die_with_parent(&mut cmd)
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -238,15 +254,7 @@ server: {{maxBodyBytes: 8192}}
             .expect("start onboarding-endpoint");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
+        collect_lines(stderr, self.log.clone());
         let mut lines = BufReader::new(stdout).lines();
         let line = loop {
             match lines.next() {
