@@ -245,21 +245,16 @@ pub fn apply(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesError
         .zip(files)
         .any(|(t, f)| !links_into_current(t, &generations, &f.path))
     {
-        let old: Vec<(BootstrapFile, Option<(Vec<u8>, u32)>)> = files
-            .iter()
-            .zip(&targets)
-            .map(|(f, t)| Ok((f.clone(), read_existing(t)?)))
-            .collect::<Result<_, FilesError>>()?;
-        let snapshot: Vec<BootstrapFile> = old
-            .iter()
-            .filter_map(|(f, existing)| {
-                existing.as_ref().map(|(bytes, mode)| BootstrapFile {
-                    content: String::from_utf8_lossy(bytes).into_owned(),
+        let mut snapshot = Vec::new();
+        for (f, t) in files.iter().zip(&targets) {
+            if let Some((bytes, mode)) = read_existing(t)? {
+                snapshot.push(BootstrapFile {
+                    content: String::from_utf8_lossy(&bytes).into_owned(),
                     mode: mode & 0o7777,
                     ..f.clone()
-                })
-            })
-            .collect();
+                });
+            }
+        }
         let gen_old = write_generation(&generations, &snapshot)?;
         switch_current(&generations, &gen_old)?;
         for (file, target) in files.iter().zip(&targets) {

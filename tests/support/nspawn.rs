@@ -617,8 +617,10 @@ impl Container {
 
     /// A file's permission bits and owner's name, as the container sees them.
     pub fn stat(&self, abs: &str) -> Result<(u32, String), String> {
-        let out =
-            self.exec_timeout(&["stat", "-c", "%a %U", "--", abs], Duration::from_secs(20))?;
+        let out = self.exec_timeout(
+            &["stat", "-L", "-c", "%a %U", "--", abs],
+            Duration::from_secs(20),
+        )?;
         if !out.ok() {
             return Err(out.stderr.trim().to_string());
         }
