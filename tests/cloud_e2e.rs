@@ -554,9 +554,11 @@ print(web, db, stopped)
     // Another role: the policy does not admit it.
     let r = authorize(&ep, ec2_credential(&sim(host(db))));
     assert_refused(&r, 403, "policy_denied", "instance with another IAM role");
-    assert!(
-        ep.log.lock().unwrap().contains("db-role"),
-        "the denial names the role"
+    // The endpoint's log reaches us through a reader thread: give it a moment.
+    wait_for(
+        "the denial naming the role in the log",
+        Duration::from_secs(10),
+        || ep.log.lock().unwrap().contains("db-role"),
     );
     // requireRunning: a stopped instance's document is refused.
     let r = authorize(&ep, ec2_credential(&sim(host(stopped))));

@@ -177,6 +177,7 @@ kind: AgentConfiguration
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             started: Instant::now(),
+            reader: None,
         }
     }
 
@@ -197,6 +198,8 @@ pub struct Agent {
     log: Arc<Mutex<String>>,
     /// When the last process was spawned.
     started: Instant,
+    /// The thread copying the last process's stderr into `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -248,7 +251,7 @@ impl Agent {
         self.started = Instant::now();
         let mut child = cmd.spawn().expect("start onboarding-agent");
         let stderr = child.stderr.take().unwrap();
-        collect_lines(stderr, self.log.clone());
+        self.reader = Some(collect_lines(stderr, self.log.clone()));
         self.child = Some(child);
     }
 
@@ -318,6 +321,14 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
+                // Let the reader take the last lines the process wrote (bounded: a process
+                // the agent started could still hold the pipe open).
+                if let Some(reader) = self.reader.take() {
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while !reader.is_finished() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 return status.code();
             }
             if start.elapsed() > timeout {

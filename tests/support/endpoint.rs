@@ -29,7 +29,10 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 /// Appends each line of `pipe` to `log`, on a thread of its own, until the pipe closes.
-pub fn collect_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+pub fn collect_lines(
+    pipe: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             if let Ok(mut l) = log.lock() {
@@ -37,7 +40,7 @@ pub fn collect_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>) 
                 l.push('\n');
             }
         }
-    });
+    })
 }
 
 /// A test CA and a server certificate for 127.0.0.1/localhost, as PEM.
@@ -254,7 +257,7 @@ server: {{maxBodyBytes: 8192}}
             .expect("start onboarding-endpoint");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        collect_lines(stderr, self.log.clone());
+        let _reader = collect_lines(stderr, self.log.clone());
         let mut lines = BufReader::new(stdout).lines();
         let line = loop {
             match lines.next() {
