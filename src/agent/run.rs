@@ -68,10 +68,13 @@ impl AgentError {
 }
 
 /// When to renew something that expires at `expires`: once four fifths of the remaining
-/// lifetime have passed (a 1h token at 48m, a 10s test token at 8s), so there is always
-/// time left to retry before it runs out.
+/// lifetime have passed (a 1h token at 48m), but never leaving less than half of it or 30s,
+/// whichever is smaller (a 60s token at 30s, a 4s test token at 2s): a busy host or a slow
+/// endpoint must still have time to fetch, and to retry, before the old one runs out.
 pub fn renewal_delay(now: SystemTime, expires: SystemTime) -> Duration {
-    expires.duration_since(now).unwrap_or_default().mul_f64(0.8)
+    let remaining = expires.duration_since(now).unwrap_or_default();
+    let lead = (remaining / 5).max((remaining / 2).min(Duration::from_secs(30)));
+    remaining.saturating_sub(lead)
 }
 
 struct Session {
@@ -699,15 +702,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renews_at_four_fifths_of_the_remaining_lifetime() {
+    fn renews_at_four_fifths_keeping_a_margin() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert_eq!(
             renewal_delay(now, now + Duration::from_secs(3600)),
             Duration::from_secs(2880)
         );
         assert_eq!(
+            renewal_delay(now, now + Duration::from_secs(120)),
+            Duration::from_secs(90),
+            "30s margin once four fifths would leave less"
+        );
+        assert_eq!(
             renewal_delay(now, now + Duration::from_secs(10)),
-            Duration::from_secs(8)
+            Duration::from_secs(5),
+            "half of a short lifetime"
         );
         // Already expired: renew now.
         assert_eq!(
