@@ -229,6 +229,9 @@ pub fn apply(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesError
         any_change |= !links_into_current(target, &generations, &file.path);
     }
     if !any_change {
+        // Something else (a unit's StateDirectoryMode, an admin) may have closed the
+        // directories the links go through since they were written.
+        make_traversable(root, &generations)?;
         // Owners may still need fixing (istio-proxy created after the files were written).
         for (file, target) in files.iter().zip(&targets) {
             if let Some(owner) = &file.owner {
@@ -296,23 +299,55 @@ fn write_generation(generations: &Path, files: &[BootstrapFile]) -> Result<Strin
         move |source| FilesError::Write(atomic::WriteError { path, source })
     };
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    // Readable by istio-proxy on the way to its files.
-    for dir in [generations.parent().unwrap_or(generations), generations] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
-    }
     for f in files {
         let path = in_generation(&tmp, &f.path);
         atomic::write_file(&path, f.content.as_bytes(), f.mode)?;
         if let Some(owner) = &f.owner {
             apply_owner(&path, owner)?;
         }
+        // The directories in a generation must let istio-proxy through whatever the umask.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(&tmp)) {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io(d))?;
+            dir = d.parent();
+        }
     }
+    let root = generations
+        .ancestors()
+        .nth(GENERATIONS_DIR.split('/').count())
+        .unwrap_or(generations);
+    make_traversable(root, generations)?;
     let dest = generations.join(&name);
     std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
     std::fs::File::open(generations)
         .and_then(|d| d.sync_all())
         .map_err(io(generations))?;
     Ok(name)
+}
+
+/// Opens `/var/lib/onboarding-agent` and `bootstrap/` (0755): pilot-agent runs as istio-proxy
+/// and reads its files through them.
+fn make_traversable(root: &Path, generations: &Path) -> Result<(), FilesError> {
+    for dir in generations.ancestors().take_while(|d| *d != root) {
+        if dir == root.join("var/lib") || dir == root.join("var") {
+            break;
+        }
+        if !dir.exists() {
+            continue;
+        }
+        let mode = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0);
+        if mode & 0o005 != 0o005 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(
+                |source| FilesError::Chmod {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Points `current` at `gen` with one rename.
@@ -473,6 +508,29 @@ mod tests {
         assert_eq!(read_set(root), vec!["A=b\n", "cert-b", "tok-b"]);
         assert_eq!(gens(root).len(), 1);
         assert_ne!(gens(root), before);
+    }
+
+    #[test]
+    fn directories_on_the_way_stay_open_to_istio_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        apply(root, &set("a")).unwrap();
+        let state = root.join("var/lib/onboarding-agent");
+        // What systemd's StateDirectoryMode=0750 would do at the next start.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(apply(root, &set("a")).unwrap(), Applied::default());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o755);
+        assert_eq!(mode(&root.join(GENERATIONS_DIR)), 0o755);
+        let token = std::fs::canonicalize(
+            target_path(root, "/var/run/secrets/tokens/istio-token").unwrap(),
+        )
+        .unwrap();
+        let mut d = token.parent();
+        while let Some(p) = d.filter(|p| p.starts_with(root.join(GENERATIONS_DIR))) {
+            assert_eq!(mode(p), 0o755, "{p:?}");
+            d = p.parent();
+        }
     }
 
     #[test]
