@@ -626,3 +626,88 @@ fn missing_or_invalid_config_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The onboarding configuration with a given `transportSecurity.tls` block.
+fn config_with_tls(ep: &Endpoint, tls: &str) -> String {
+    format!(
+        "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
+kind: OnboardingConfiguration
+onboardingEndpoint:
+  host: 127.0.0.1
+  port: {port}
+  transportSecurity:
+    tls: {tls}
+workloadGroup: {{namespace: {NS}, name: ratings}}
+",
+        port = ep.port()
+    )
+}
+
+#[test]
+fn tls_sni_override_root_certs_from_env_and_insecure_skip_verify() {
+    let ep = fast_endpoint();
+    let ca = |a: &Agent| a.path("ca.pem").display().to_string();
+
+    // `sni` names the certificate to expect when `host` is an address: the test
+    // certificate's name `localhost` is checked, and accepted.
+    let mut a = Agent::builder(&ep).prepare();
+    a.write_onboarding_config(&config_with_tls(
+        &ep,
+        &format!("{{sni: localhost, caFile: {}}}", ca(&a)),
+    ));
+    a.spawn();
+    a.wait_phase("connected", Duration::from_secs(20));
+    a.stop();
+
+    // An `sni` the certificate does not carry: verification fails, the agent keeps trying
+    // and says why; nothing is written.
+    let mut a = Agent::builder(&ep).prepare();
+    a.write_onboarding_config(&config_with_tls(
+        &ep,
+        &format!("{{sni: not-the-endpoint.example, caFile: {}}}", ca(&a)),
+    ));
+    a.spawn();
+    wait_for("a TLS error in the state", Duration::from_secs(20), || {
+        a.state()["lastError"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("certificate"))
+    });
+    assert_ne!(a.state()["phase"], "connected", "{}", a.state());
+    assert!(!a.root_file(CLUSTER_ENV).exists());
+    assert_eq!(a.restarts(), 0);
+    a.stop();
+
+    // No caFile: the CA comes from ONBOARDING_AGENT_ROOT_CERTS (the container setup).
+    let ca_pem = ep.ca_pem.clone();
+    let mut a = Agent::builder(&ep)
+        .env("ONBOARDING_AGENT_ROOT_CERTS", ca_pem)
+        .prepare();
+    a.write_onboarding_config(&config_with_tls(&ep, "{}"));
+    a.spawn();
+    a.wait_phase("connected", Duration::from_secs(20));
+    a.stop();
+
+    // Neither: the certificate is unknown and refused...
+    let mut a = Agent::builder(&ep).prepare();
+    a.write_onboarding_config(&config_with_tls(&ep, "{}"));
+    a.spawn();
+    wait_for(
+        "an untrusted-certificate error",
+        Duration::from_secs(20),
+        || {
+            a.state()["lastError"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("certificate"))
+        },
+    );
+    assert_ne!(a.state()["phase"], "connected");
+    a.stop();
+
+    // ...unless the config explicitly opts out of verification, which is shouted about.
+    let mut a = Agent::builder(&ep).prepare();
+    a.write_onboarding_config(&config_with_tls(&ep, "{insecureSkipVerify: true}"));
+    a.spawn();
+    a.wait_phase("connected", Duration::from_secs(20));
+    assert!(a.log().contains("insecureSkipVerify is set"), "{}", a.log());
+    a.stop();
+}
