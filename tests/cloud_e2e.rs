@@ -281,13 +281,11 @@ fn ec2_refusals_each_with_its_own_code() {
     });
     let other_made = Instant::now();
     other_instance.write_trust(trust.path()).unwrap();
+    // Sessions lapse after 3s without a keep-alive: long enough that a loaded machine still
+    // makes the second authorize below while the first session is live, short enough that
+    // it has lapsed after the 6s wait further down.
     let ep = Endpoint::start_with(
-        Options {
-            grace: "5m",
-            keep_alive_interval: "300ms",
-            keep_alive_timeout: "1s",
-            token_expiration: "1h",
-        },
+        fast(),
         Extra {
             authentication: format!(
                 "aws:\n  ec2:\n    maxAgeSincePending: 4s\n    certificates:\n    - {{region: us-east-2, file: {}}}\n",
