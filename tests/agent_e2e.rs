@@ -286,13 +286,14 @@ fn session_and_istio_tokens_are_renewed_before_they_expire() {
         keep_alive_timeout: "6s",
         token_expiration: "1m",
     });
-    // Istio tokens that live 4 seconds, different each time.
+    // Istio tokens that live 8 seconds, different each time (short, yet with room for a
+    // loaded 2-core machine to fetch the next one: the agent starts 4s before expiry).
     let cfg = read(&ep.config);
     std::fs::write(
         &ep.config,
         cfg.replace(
             "istioToken:\n  command: [sh, -c, \"echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT\"]",
-            "istioToken:\n  expiration: 4s\n  command: [sh, -c, \"echo istio-token-$(date +%s%N)\"]",
+            "istioToken:\n  expiration: 8s\n  command: [sh, -c, \"echo istio-token-$(date +%s%N)\"]",
         ),
     )
     .unwrap();
