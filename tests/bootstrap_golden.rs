@@ -283,3 +283,170 @@ fn golden_cases_show_what_they_claim() {
     assert!(token.content.ends_with('\n'));
     assert_eq!(token.mode, 0o600);
 }
+
+// ---------------------------------------------------------------------------------------
+// `onboarding-endpoint render` through the real binary, with inputs as users have them.
+
+fn render_bin(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+        .arg("render")
+        .args(args)
+        .output()
+        .expect("onboarding-endpoint runs")
+}
+
+fn dir_files(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What `kubectl get cm istio -n istio-system -o yaml` prints: server-set metadata, a second
+/// data key, and the mesh config as a block string under `data.mesh`.
+fn kubectl_configmap(mesh: &str) -> String {
+    let indented: String = mesh
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect::<String>();
+    format!(
+        "apiVersion: v1\ndata:\n  mesh: |-\n{indented}  meshNetworks: 'networks: {{}}'\nkind: ConfigMap\nmetadata:\n  annotations:\n    meta.helm.sh/release-name: istiod\n    meta.helm.sh/release-namespace: istio-system\n  creationTimestamp: \"2026-01-05T10:11:12Z\"\n  labels:\n    app.kubernetes.io/managed-by: Helm\n    install.operator.istio.io/owning-resource: unknown\n    istio.io/rev: default\n    operator.istio.io/component: Pilot\n    release: istiod\n  name: istio\n  namespace: istio-system\n  resourceVersion: \"1234\"\n  uid: 5d0a4b1e-2c3f-4e8a-9b7c-0f1e2d3c4b5a\n"
+    )
+}
+
+#[test]
+fn render_binary_takes_the_istio_configmap_as_kubectl_prints_it() {
+    let common = root().join("common");
+    let tmp = tempfile::tempdir().unwrap();
+    let mesh = std::fs::read_to_string(common.join("mesh.yaml")).unwrap();
+    let cm = tmp.path().join("istio-cm.yaml");
+    std::fs::write(&cm, kubectl_configmap(&mesh)).unwrap();
+    // `-o json` of a list holding it works too.
+    let list = tmp.path().join("list.json");
+    let cm_value: serde_json::Value = workload_onboarding::yaml::from_str(
+        &cm,
+        &std::fs::read_to_string(&cm).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        &list,
+        serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": [cm_value]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut outputs = Vec::new();
+    for (name, mesh_file) in [
+        ("bare", common.join("mesh.yaml")),
+        ("configmap", cm),
+        ("list", list),
+    ] {
+        let out_dir = tmp.path().join(name);
+        let out = render_bin(&[
+            "-f".as_ref(),
+            common.join("workloadgroup.yaml").as_os_str(),
+            "-o".as_ref(),
+            out_dir.as_os_str(),
+            "--mesh-config".as_ref(),
+            mesh_file.as_os_str(),
+            "--root-cert".as_ref(),
+            common.join("root-cert.pem").as_os_str(),
+            "--token".as_ref(),
+            common.join("istio-token").as_os_str(),
+            "--ingress-ip".as_ref(),
+            "10.0.0.9".as_ref(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(stderr.is_empty(), "{name}: nothing was left out: {stderr}");
+        outputs.push(dir_files(&out_dir));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[2]);
+    // The mesh config was read, not ignored.
+    assert!(outputs[1]["mesh.yaml"].contains("meshId: mesh1"), "{:?}", outputs[1]);
+    assert!(outputs[1]["cluster.env"].contains("\nISTIO_META_MESH_ID='mesh1'\n"));
+
+    // Another kind of object is refused with a hint, not read as an empty mesh config.
+    let svc = tmp.path().join("svc.yaml");
+    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: istiod}\n").unwrap();
+    let out = render_bin(&[
+        "-f".as_ref(),
+        common.join("workloadgroup.yaml").as_os_str(),
+        "-o".as_ref(),
+        tmp.path().join("svc-out").as_os_str(),
+        "--mesh-config".as_ref(),
+        svc.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("a Service is not a mesh config") && stderr.contains("kubectl get cm istio"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn render_binary_says_what_it_left_out_and_writes_no_empty_files() {
+    let common = root().join("common");
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = render_bin(&[
+        "-f".as_ref(),
+        common.join("workloadgroup.yaml").as_os_str(),
+        "-o".as_ref(),
+        out_dir.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let files = dir_files(&out_dir);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["cluster.env", "hosts", "mesh.yaml"], "{stderr}");
+    for want in [
+        "render: no --root-cert",
+        "kubectl get cm istio-ca-root-cert -n istio-system",
+        "render: no --token",
+        "kubectl create token bookinfo-ratings -n bookinfo --audience istio-ca",
+        "render: root-cert.pem was not written: it rendered empty",
+        "render: istio-token was not written: it rendered empty",
+        "render: hosts is empty: no --ingress-ip was given",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn render_binary_refuses_a_proxy_metadata_key_that_is_a_command() {
+    let common = root().join("common");
+    let tmp = tempfile::tempdir().unwrap();
+    let wg = std::fs::read_to_string(common.join("workloadgroup.yaml"))
+        .unwrap()
+        .replace(
+            "metadata:\n  name: ratings\n",
+            "metadata:\n  name: ratings\n  annotations:\n    proxy.istio.io/config: |\n      proxyMetadata:\n        \"X=1;touch /tmp/p;Y\": \"v\"\n",
+        );
+    assert!(wg.contains("touch"));
+    let wg_path = tmp.path().join("wg.yaml");
+    std::fs::write(&wg_path, wg).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = render_bin(&[
+        "-f".as_ref(),
+        wg_path.as_os_str(),
+        "-o".as_ref(),
+        out_dir.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WorkloadGroup bookinfo/ratings")
+            && stderr.contains("proxyMetadata")
+            && stderr.contains("\"X=1;touch /tmp/p;Y\" is not a valid environment variable name"),
+        "{stderr}"
+    );
+    assert!(!out_dir.join("cluster.env").exists());
+}

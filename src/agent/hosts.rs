@@ -74,9 +74,11 @@ pub fn system_lookup(name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
     Ok((name, 0u16).to_socket_addrs()?.map(|a| a.ip()).collect())
 }
 
-/// The block's lines for `entries` (nothing when there are no entries). Entries that are not
-/// an IP address followed by DNS names are rejected: a newline or `#` in a name from the
-/// endpoint must not be able to inject lines into the host's resolver config.
+/// The block's lines for `entries` (nothing when there are no entries). An entry whose
+/// address is not an IP is rejected whole, and a name that is not a DNS name is rejected on
+/// its own (its valid neighbours on the same address are still written): a newline or `#` in
+/// a name from the endpoint must not be able to inject lines into the host's resolver config,
+/// and one bad name must not cut the workload off the others.
 pub fn render_block(entries: &[HostsEntry]) -> (Vec<String>, Vec<Rejected>) {
     let mut lines = Vec::new();
     let mut rejected = Vec::new();
@@ -89,25 +91,27 @@ pub fn render_block(entries: &[HostsEntry]) -> (Vec<String>, Vec<Rejected>) {
             });
             continue;
         }
-        if e.hostnames.is_empty() {
-            rejected.push(Rejected {
-                entry: shown,
-                reason: "no hostnames".into(),
-            });
+        let mut names = Vec::with_capacity(e.hostnames.len());
+        for h in &e.hostnames {
+            if crate::agent::config::is_valid_dns_name(h) {
+                names.push(h.as_str());
+            } else {
+                rejected.push(Rejected {
+                    entry: format!("{} {h}", e.ip),
+                    reason: format!("{h:?} is not a DNS name"),
+                });
+            }
+        }
+        if names.is_empty() {
+            if e.hostnames.is_empty() {
+                rejected.push(Rejected {
+                    entry: shown,
+                    reason: "no hostnames".into(),
+                });
+            }
             continue;
         }
-        if let Some(bad) = e
-            .hostnames
-            .iter()
-            .find(|h| !crate::agent::config::is_valid_dns_name(h))
-        {
-            rejected.push(Rejected {
-                entry: shown,
-                reason: format!("{bad:?} is not a DNS name"),
-            });
-            continue;
-        }
-        lines.push(format!("{} {}", e.ip, e.hostnames.join(" ")));
+        lines.push(format!("{} {}", e.ip, names.join(" ")));
     }
     if lines.is_empty() {
         return (Vec::new(), rejected);
@@ -299,6 +303,42 @@ mod tests {
         ]);
         assert_eq!(block.len(), 3);
         assert_eq!(rejected.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_name_is_skipped_and_its_neighbours_kept() {
+        let (block, rejected) = render_block(&[
+            entry("127.0.0.1", &["istiod.istio-system.svc"]),
+            entry(
+                "127.0.0.2",
+                &[
+                    "details.bookinfo.svc",
+                    "evil\n8.8.8.8 bank.example",
+                    "ratings.bookinfo.svc",
+                    "#x",
+                ],
+            ),
+            entry("127.0.0.3", &["only bad"]),
+        ]);
+        assert_eq!(
+            block,
+            vec![
+                BEGIN_MARKER.to_string(),
+                "127.0.0.1 istiod.istio-system.svc".to_string(),
+                "127.0.0.2 details.bookinfo.svc ratings.bookinfo.svc".to_string(),
+                END_MARKER.to_string(),
+            ]
+        );
+        let reasons: Vec<_> = rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "\"evil\\n8.8.8.8 bank.example\" is not a DNS name",
+                "\"#x\" is not a DNS name",
+                "\"only bad\" is not a DNS name",
+            ]
+        );
+        assert_eq!(rejected[1].entry, "127.0.0.2 #x");
     }
 
     #[test]

@@ -1212,4 +1212,70 @@ mod tests {
             .join(" ");
         assert_eq!(rejoined, format!("key: {words}"));
     }
+
+    /// Every hostile string, as a key and as a value, at every nesting the emitter reaches,
+    /// and as long lines that fold: the document must read back as exactly the same data.
+    #[test]
+    fn hostile_strings_read_back_unchanged() {
+        let hostile = [
+            "a\nb",
+            "\ntrailing and leading\n",
+            "key: value",
+            "key:value",
+            "- item",
+            "-",
+            "? q",
+            ": x",
+            "&anchor",
+            "*alias",
+            "!tag",
+            "!!str",
+            "{flow}",
+            "[seq]",
+            "#comment",
+            "a #comment",
+            "%YAML",
+            "@at",
+            "`tick",
+            "|literal",
+            ">folded",
+            "'single'",
+            "\"double\"",
+            "---",
+            "...",
+            "--- x",
+            "true",
+            "no",
+            "~",
+            "null",
+            "0x1F",
+            "1e3",
+            "1:20",
+            "2001-01-01",
+            "",
+            " ",
+            " lead",
+            "trail ",
+            "tab\there",
+            "\r\n",
+            "\u{0}\u{7}\u{1b}",
+            "\u{85}\u{2028}\u{2029}\u{feff}",
+            "é 😀",
+            "\\ backslash \\n",
+            "line one\n  indented two\n",
+        ];
+        let long = format!("{} end", hostile.join(" ").repeat(3));
+        let mut map = Map::new();
+        for (i, h) in hostile.iter().enumerate() {
+            map.insert(h.to_string(), Value::String(format!("{h}{i}")));
+            map.insert(format!("v{i}"), Value::String(h.to_string()));
+        }
+        map.insert("list".into(), json!(hostile));
+        map.insert("long".into(), Value::String(long));
+        let doc = json!({"defaultConfig": {"nested": map, "proxyMetadata": {"K": "- x: y"}}});
+        let text = to_string(&doc);
+        let back: Value = crate::yaml::from_str(std::path::Path::new("mesh.yaml"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, doc, "{text}");
+    }
 }

@@ -10,6 +10,7 @@ pub mod goyaml;
 pub mod manifest;
 pub mod offline;
 pub mod proxy_config;
+pub mod sinks;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -171,7 +172,7 @@ impl Renderer {
         tera.autoescape_on(Vec::<&str>::new());
         tera.register_filter(
             "shell_quote",
-            |s: &str, _: tera::Kwargs, _: &tera::State| proxy_config::shell_quote(s),
+            |s: &str, _: tera::Kwargs, _: &tera::State| sinks::shell_quote(s),
         );
         let mut origins = std::collections::BTreeMap::new();
         // Only the templates the manifest uses are compiled (plus what they include, which
@@ -426,6 +427,207 @@ mod tests {
         );
         let err = Renderer::from_set(set).unwrap_err().to_string();
         assert!(err.contains("DIR/mesh.yaml.tera"), "{err}");
+    }
+
+    fn with_proxy_config(annotation: &str) -> WorkloadGroupSnapshot {
+        let mut wg = snapshot();
+        wg.annotations.insert(
+            proxy_config::ANNOTATION_PROXY_CONFIG.into(),
+            annotation.into(),
+        );
+        wg
+    }
+
+    #[test]
+    fn a_proxy_metadata_key_that_is_no_variable_name_refuses_the_resource() {
+        let r = Renderer::builtin().unwrap();
+        let wg = with_proxy_config(
+            "proxyMetadata:\n  OK: v\n  \"X=1;touch /tmp/p;Y\": v\n",
+        );
+        let err = r.render(&BootstrapInput::new(&wg)).unwrap_err().to_string();
+        assert!(
+            err.contains("WorkloadGroup bookinfo/ratings metadata.annotations[proxy.istio.io/config]: proxyMetadata")
+                && err.contains("\"X=1;touch /tmp/p;Y\"")
+                && err.contains("not a valid environment variable name"),
+            "{err}"
+        );
+        // The same from the mesh config's defaultConfig.
+        let wg = snapshot();
+        let mesh = json!({"defaultConfig": {"proxyMetadata": {"A-B": "v"}}});
+        let mut input = BootstrapInput::new(&wg);
+        input.mesh_config = &mesh;
+        let err = r.render(&input).unwrap_err().to_string();
+        assert!(
+            err.contains("mesh config defaultConfig.proxyMetadata") && err.contains("\"A-B\""),
+            "{err}"
+        );
+        // A NUL cannot reach a shell variable intact: refused, naming the key.
+        let mesh = json!({"defaultConfig": {"proxyMetadata": {"A": "x\u{0}y"}}});
+        input.mesh_config = &mesh;
+        let err = r.render(&input).unwrap_err().to_string();
+        assert!(
+            err.contains("proxyMetadata.A") && err.contains("NUL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_that_reach_istiods_host_name_are_refused() {
+        let r = Renderer::builtin().unwrap();
+        let wg = snapshot();
+        let mut input = BootstrapInput::new(&wg);
+        input.revision = Some("x\n8.8.8.8 bank.example");
+        let err = r.render(&input).unwrap_err().to_string();
+        assert!(err.starts_with("revision: "), "{err}");
+        let mut input = BootstrapInput::new(&wg);
+        input.istio_namespace = "istio system";
+        let err = r.render(&input).unwrap_err().to_string();
+        assert!(err.starts_with("Istio namespace: "), "{err}");
+    }
+
+    /// Values an attacker would try on a shell, a YAML reader or a JSON reader.
+    const HOSTILE: &[&str] = &[
+        "$(touch pwned-subst)",
+        "`touch pwned-backtick`",
+        "'; touch pwned-quote; '",
+        "\"; touch pwned-dquote; \"",
+        "x\ntouch pwned-newline\n",
+        "a\\",
+        "w\\",
+        "\\w",
+        "$HOME ${HOME} ~ * ?",
+        "!! & | > < ; #",
+        "it's",
+        "\r\t\u{7}\u{1b}[31m",
+        "key: value",
+        "- item",
+        "&anchor *alias !tag {flow} [seq] %dir @at",
+        "---\n...",
+        "true",
+        "",
+        " lead and trail ",
+        "\u{2028}\u{85}\u{feff}é😀",
+        "</script><b>&amp;",
+    ];
+
+    fn hostile_input_group() -> WorkloadGroupSnapshot {
+        let mut md = serde_json::Map::new();
+        for (i, v) in HOSTILE.iter().enumerate() {
+            md.insert(format!("HOSTILE_{i}"), Value::String(v.to_string()));
+        }
+        // Hostile keys outside proxyMetadata only reach mesh.yaml (as ProxyConfig fields).
+        let annotation = json!({
+            "proxyMetadata": md,
+            "key: value\n- x": "&a *b",
+            "custom": {"! tag": HOSTILE},
+        });
+        with_proxy_config(&annotation.to_string())
+    }
+
+    fn hostile_labels() -> Labels {
+        HOSTILE
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("l{i}"), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_env_sourced_by_sh_runs_nothing_and_round_trips() {
+        let wg = hostile_input_group();
+        let labels = hostile_labels();
+        let mut input = BootstrapInput::new(&wg);
+        input.agent_labels = &labels;
+        input.instance_ip = Some(InstanceIp::Internal("$(touch pwned-ip)".into()));
+        let r = Renderer::builtin().unwrap();
+        let c = compute(&input).unwrap();
+        let b = r.render_computed(&input, &c).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let env_path = dir.path().join("cluster.env");
+        std::fs::write(&env_path, env_of(&b)).unwrap();
+        // As istio-start.sh does: auto-export, source, then print the environment NUL-separated.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("set -a; . ./cluster.env; set +a; env -0")
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        let created: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(created, ["cluster.env"], "the shell ran a command");
+        let env: std::collections::BTreeMap<String, String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| {
+                let e = String::from_utf8(e.to_vec()).unwrap();
+                e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (k, v) in &c.cluster_env {
+            assert_eq!(env.get(k), Some(v), "{k} did not round-trip");
+        }
+        for (i, v) in HOSTILE.iter().enumerate() {
+            assert_eq!(env[&format!("HOSTILE_{i}")], *v);
+        }
+        // The labels' JSON is JSON after the shell, with every hostile value intact.
+        let json: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&env["ISTIO_METAJSON_LABELS"]).unwrap();
+        for (k, v) in &labels {
+            assert_eq!(&json[k], v);
+        }
+    }
+
+    #[test]
+    fn mesh_yaml_reads_back_as_what_was_meant() {
+        let wg = hostile_input_group();
+        let labels = hostile_labels();
+        let mut input = BootstrapInput::new(&wg);
+        input.agent_labels = &labels;
+        let c = compute(&input).unwrap();
+        let back: Value =
+            crate::yaml::from_str(std::path::Path::new("mesh.yaml"), &c.mesh_yaml)
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.mesh_yaml));
+        assert_eq!(back, json!({"defaultConfig": c.default_config}), "{}", c.mesh_yaml);
+        assert_eq!(back["defaultConfig"]["key: value\n- x"], "&a *b");
+        assert_eq!(back["defaultConfig"]["custom"]["! tag"], json!(HOSTILE));
+    }
+
+    #[test]
+    fn nothing_is_html_escaped() {
+        // Autoescaping is off for every template, whatever its name: these are not HTML.
+        let mut set = TemplateSet::builtin().unwrap();
+        set.templates.insert(
+            "page.html".into(),
+            ("{{ root_cert }}|{{ istio_token }}".into(), "test".into()),
+        );
+        set.files.push(FileSpec {
+            name: "page.html".into(),
+            template: "page.html".into(),
+            path: "/tmp/page.html".into(),
+            mode: 0o644,
+            restart_on_change: false,
+            owner: None,
+        });
+        let r = Renderer::from_set(set).unwrap();
+        let wg = with_proxy_config("proxyMetadata:\n  A: \"<b>&'\\\"x\\\"\"\n");
+        let mut input = BootstrapInput::new(&wg);
+        input.root_cert = "<&>\"'";
+        input.istio_token = "a&b<c>";
+        let b = r.render(&input).unwrap();
+        assert!(env_of(&b).contains("\nA='<b>&'\"'\"'\"x\"'\n"), "{}", env_of(&b));
+        assert_eq!(b.files[2].content, "<&>\"'");
+        assert_eq!(b.files[3].content, "a&b<c>");
+        assert_eq!(b.files[4].content, "<&>\"'|a&b<c>");
     }
 
     #[test]

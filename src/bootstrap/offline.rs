@@ -106,17 +106,66 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         InterceptionArg::None => InterceptionMode::None,
         InterceptionArg::Redirect => InterceptionMode::Redirect,
     };
-    let bootstrap = renderer.render(&input)?;
+    let computed = super::compute(&input)?;
+    let bootstrap = renderer.render_computed(&input, &computed)?;
+    let mut notes = computed.warnings.clone();
+    notes.extend(missing_input_notes(
+        args,
+        &wg.namespace,
+        &computed.service_account,
+    ));
     for (spec, file) in renderer.files().iter().zip(&bootstrap.files) {
+        if file.content.is_empty() {
+            // An empty root-cert.pem or istio-token copied to a VM fails later, far from
+            // the cause; leaving the file out makes the gap visible.
+            notes.push(format!(
+                "{} was not written: it rendered empty",
+                spec.name
+            ));
+            continue;
+        }
         let dest = args.output.join(&spec.name);
         crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode)?;
     }
-    crate::atomic::write_file(
-        &args.output.join("hosts"),
-        hosts_file(&bootstrap.hosts).as_bytes(),
-        0o644,
-    )?;
+    // Written even when empty, as istioctl does: an empty hosts file is a valid answer.
+    let hosts = hosts_file(&bootstrap.hosts);
+    if hosts.is_empty() {
+        notes.push(format!(
+            "hosts is empty: no --ingress-ip was given, so the VM must resolve {} some other way",
+            computed.istiod_host
+        ));
+    }
+    crate::atomic::write_file(&args.output.join("hosts"), hosts.as_bytes(), 0o644)?;
+    for note in notes {
+        eprintln!("render: {note}");
+    }
     Ok(())
+}
+
+/// What `render` says on stderr when an input that has no default was not given. The files
+/// that need it render empty and are not written (see `run`).
+pub fn missing_input_notes(
+    args: &RenderArgs,
+    namespace: &str,
+    service_account: &str,
+) -> Vec<String> {
+    let ns = &args.istio_namespace;
+    let mut notes = Vec::new();
+    if args.root_cert.is_none() {
+        notes.push(format!(
+            "no --root-cert: the mesh's root certificate is left out (root-cert.pem); get it with \
+             `kubectl get cm istio-ca-root-cert -n {ns} -o jsonpath='{{.data.root-cert\\.pem}}' > root-cert.pem` \
+             and pass --root-cert root-cert.pem"
+        ));
+    }
+    if args.token.is_none() {
+        notes.push(format!(
+            "no --token: the istio-token is left out; create one with \
+             `kubectl create token {service_account} -n {namespace} --audience istio-ca --duration 1h > istio-token` \
+             and pass --token istio-token"
+        ));
+    }
+    notes
 }
 
 fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
@@ -173,26 +222,79 @@ pub fn read_mesh_config(path: &Path) -> anyhow::Result<Value> {
     parse_mesh_config(path, &text)
 }
 
+/// A bare MeshConfig, the `istio[-<rev>]` ConfigMap as `kubectl get cm istio -n istio-system
+/// -o yaml` (or `-o json`) prints it, or a `kind: List` holding that ConfigMap.
 pub fn parse_mesh_config(path: &Path, text: &str) -> anyhow::Result<Value> {
     let v: Value = crate::yaml::from_str(path, text)?;
-    let is_configmap = v.get("kind").and_then(Value::as_str) == Some("ConfigMap");
-    if !is_configmap {
-        return match v {
+    match v.get("kind").and_then(Value::as_str) {
+        Some("ConfigMap") => mesh_of_configmap(path, &v),
+        Some("List") | Some("ConfigMapList") => {
+            let items = v.get("items").and_then(Value::as_array);
+            let with_mesh: Vec<&Value> = items
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("kind").and_then(Value::as_str) == Some("ConfigMap"))
+                .filter(|i| i.pointer("/data/mesh").is_some())
+                .collect();
+            match with_mesh.as_slice() {
+                [one] => mesh_of_configmap(path, one),
+                [] => bail!(
+                    "{}: the list holds no ConfigMap with data.mesh; pass ConfigMap istio \
+                     (kubectl get cm istio -n istio-system -o yaml)",
+                    path.display()
+                ),
+                many => bail!(
+                    "{}: the list holds {} ConfigMaps with data.mesh ({}); pass only the one of \
+                     your control plane's revision",
+                    path.display(),
+                    many.len(),
+                    many.iter()
+                        .map(|i| i
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        Some(kind) if v.get("apiVersion").is_some() => bail!(
+            "{}: a {kind} is not a mesh config; pass the MeshConfig YAML or ConfigMap istio \
+             (kubectl get cm istio -n istio-system -o yaml)",
+            path.display()
+        ),
+        _ => match v {
             Value::Null | Value::Object(_) => Ok(v),
             _ => bail!("{}: a mesh config must be a YAML map", path.display()),
-        };
+        },
     }
-    let Some(mesh) = v.pointer("/data/mesh") else {
-        bail!("{}: ConfigMap has no data.mesh", path.display());
+}
+
+fn mesh_of_configmap(path: &Path, cm: &Value) -> anyhow::Result<Value> {
+    let name = cm
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)");
+    let Some(mesh) = cm.pointer("/data/mesh") else {
+        bail!(
+            "{}: ConfigMap {name} has no data.mesh (the mesh config is ConfigMap istio[-<revision>] in the Istio namespace)",
+            path.display()
+        );
     };
     let Some(mesh) = mesh.as_str() else {
-        bail!("{}: ConfigMap data.mesh must be a string", path.display());
+        bail!(
+            "{}: ConfigMap {name} data.mesh must be a string",
+            path.display()
+        );
     };
-    let inner = PathBuf::from(format!("{} (data.mesh)", path.display()));
+    let inner = PathBuf::from(format!("{} (ConfigMap {name} data.mesh)", path.display()));
     let parsed: Value = crate::yaml::from_str(&inner, mesh)?;
     match parsed {
         Value::Null | Value::Object(_) => Ok(parsed),
-        _ => bail!("{}: data.mesh must hold a YAML map", path.display()),
+        _ => bail!(
+            "{}: ConfigMap {name} data.mesh must hold a YAML map",
+            path.display()
+        ),
     }
 }
 

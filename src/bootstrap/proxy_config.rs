@@ -9,8 +9,10 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::goyaml;
+pub use super::sinks::{is_dns_name, shell_quote};
+use super::sinks::{env_line, env_name_problem, env_value_problem, is_dns_label};
 use super::{BootstrapError, BootstrapInput, Gateway, InstanceIp, InterceptionMode};
-use crate::api::istio::{IstioEgressListener, ReadinessProbe};
+use crate::api::istio::{ReadinessProbe, Sidecar};
 use crate::api::meta::Labels;
 use crate::api::protocol::HostsEntry;
 
@@ -45,6 +47,9 @@ pub struct Computed {
     pub istiod_address: String,
     pub ca_address: String,
     pub hosts: Vec<HostsEntry>,
+    /// Inputs that were partly skipped (a bad Sidecar egress host), one message each naming
+    /// the resource and the field. The caller logs them; nothing here is fatal.
+    pub warnings: Vec<String>,
 }
 
 /// `revision != "" && revision != "default"`, as istioctl's `isRevisioned`.
@@ -101,26 +106,6 @@ pub fn workload_labels(
         labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
     labels
-}
-
-/// Istio's `shellescape.Quote` as it behaves in the istioctl the goldens come from. Its
-/// pattern is the Go raw string `[^\\w@%+=:,./-]`, so the class holds a backslash and a
-/// literal `w` rather than `\w`: nearly every value (`foo`, `10.0.0.1`) is quoted, and only
-/// values made of `\ w @ % + = : , . / -` stay bare.
-pub fn shell_quote(s: &str) -> String {
-    if s.is_empty() {
-        return "''".to_string();
-    }
-    let safe = |c: char| {
-        matches!(
-            c,
-            '\\' | 'w' | '@' | '%' | '+' | '=' | ':' | ',' | '.' | '/' | '-'
-        )
-    };
-    if s.chars().all(safe) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
 /// A string as Go's `encoding/json` writes it (HTML-safe escaping included).
@@ -207,6 +192,20 @@ fn string_map(v: &Value, what: &str) -> Result<BTreeMap<String, String>, Bootstr
     })?;
     let mut out = BTreeMap::new();
     for (k, v) in obj {
+        // proxyMetadata becomes cluster.env, which a root shell sources: a key that is not a
+        // variable name would be read as a command. Refuse the whole resource, naming the key.
+        if let Some(problem) = env_name_problem(k) {
+            return Err(BootstrapError::Input {
+                what: what.to_string(),
+                message: problem,
+            });
+        }
+        if let Some(problem) = v.as_str().and_then(env_value_problem) {
+            return Err(BootstrapError::Input {
+                what: format!("{what}.{k}"),
+                message: problem,
+            });
+        }
         match v {
             Value::String(s) => {
                 out.insert(k.clone(), s.clone());
@@ -281,9 +280,18 @@ pub fn local_exclude_ports(status_port: i64) -> String {
 /// listener maps to the address the listener binds (127.0.0.1 when the Sidecar names none),
 /// so the application reaches the listener by name. Wildcards cannot go into /etc/hosts and
 /// are skipped; a name already claimed (istiod, an earlier listener) keeps its first address.
-pub fn egress_hosts(egress: &[IstioEgressListener], taken: &mut Vec<String>) -> Vec<HostsEntry> {
+///
+/// A host that is neither a wildcard nor a DNS name, or a `bind` that is not an IP address,
+/// is left out and reported (second value, one message per problem naming the Sidecar and
+/// the field): its valid neighbours are still written.
+pub fn egress_hosts(sidecar: &Sidecar, taken: &mut Vec<String>) -> (Vec<HostsEntry>, Vec<String>) {
     let mut by_ip: Vec<HostsEntry> = Vec::new();
-    for listener in egress {
+    let mut problems = Vec::new();
+    let resource = format!(
+        "Sidecar {}/{}",
+        sidecar.metadata.namespace, sidecar.metadata.name
+    );
+    for (i, listener) in sidecar.spec.egress.iter().enumerate() {
         if listener
             .capture_mode
             .as_deref()
@@ -292,15 +300,36 @@ pub fn egress_hosts(egress: &[IstioEgressListener], taken: &mut Vec<String>) -> 
             // Traffic to this listener is captured by iptables, not reached by name.
             continue;
         }
-        let ip = listener
-            .bind
-            .as_deref()
-            .filter(|b| !b.is_empty() && !b.starts_with("unix://"))
-            .unwrap_or(DEFAULT_EGRESS_BIND)
-            .to_string();
-        for host in &listener.hosts {
+        let ip = match listener.bind.as_deref() {
+            None | Some("") => DEFAULT_EGRESS_BIND.to_string(),
+            Some(b) if b.starts_with("unix://") => DEFAULT_EGRESS_BIND.to_string(),
+            Some(b) => match b.parse::<IpAddr>() {
+                Ok(ip) => ip.to_string(),
+                Err(_) => {
+                    problems.push(format!(
+                        "{resource}: spec.egress[{i}].bind: {b:?} is not an IP address; \
+                         the listener's hosts are not written to /etc/hosts"
+                    ));
+                    continue;
+                }
+            },
+        };
+        for (j, host) in listener.hosts.iter().enumerate() {
             let dns = host.split_once('/').map(|(_, d)| d).unwrap_or(host);
-            if dns.is_empty() || dns.contains('*') || dns == "~" || taken.iter().any(|t| t == dns) {
+            if dns == "*" || dns == "~" || dns.strip_prefix("*.").is_some_and(is_dns_name) {
+                // Wildcards are valid Istio hosts that /etc/hosts cannot express.
+                continue;
+            }
+            if !is_dns_name(dns) {
+                problems.push(format!(
+                    "{resource}: spec.egress[{i}].hosts[{j}]: {host:?} is not a valid host \
+                     (namespace/dns-name, the name of letters, digits, '-' and '.'); \
+                     skipped, the other hosts are written to /etc/hosts"
+                ));
+                continue;
+            }
+            let dns = dns.trim_end_matches('.');
+            if taken.iter().any(|t| t == dns) {
                 continue;
             }
             taken.push(dns.to_string());
@@ -314,20 +343,13 @@ pub fn egress_hosts(egress: &[IstioEgressListener], taken: &mut Vec<String>) -> 
             }
         }
     }
-    by_ip
+    (by_ip, problems)
 }
 
-/// A hostname usable in /etc/hosts and DNS (RFC 1123 labels).
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.trim_end_matches('.').split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+/// What is wrong with a Sidecar for the hosts block (see [`egress_hosts`]); empty when
+/// nothing. For a store or a check command to report when it loads the resource.
+pub fn sidecar_problems(sidecar: &Sidecar) -> Vec<String> {
+    egress_hosts(sidecar, &mut Vec::new()).1
 }
 
 /// Parses an `--ingress-ip` style value: an IP address, else a DNS name.
@@ -352,6 +374,26 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
     let template = &spec.template;
     let revision = input.revision.filter(|r| !r.is_empty());
     let istio_ns = input.istio_namespace;
+    // Both become part of istiod's host name, which goes into /etc/hosts, mesh.yaml and
+    // cluster.env; the revision can come from the agent's registration.
+    if !is_dns_label(istio_ns) {
+        return Err(BootstrapError::Input {
+            what: "Istio namespace".into(),
+            message: format!(
+                "{istio_ns:?} is not a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)"
+            ),
+        });
+    }
+    if let Some(rev) = revision
+        && !is_dns_label(rev)
+    {
+        return Err(BootstrapError::Input {
+            what: "revision".into(),
+            message: format!(
+                "{rev:?} is not an Istio revision name (lower-case letters, digits and '-', at most 63)"
+            ),
+        });
+    }
 
     // Mesh-wide config: only `defaultConfig` and `trustDomain` matter here.
     let mesh = match input.mesh_config {
@@ -567,14 +609,22 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
     }
     let mut cluster_env = proxy_metadata.clone();
     cluster_env.extend(overrides);
+    // Every key and value is checked again where it is written, whatever its source (names
+    // and flags reach here too): one line per variable or no file at all.
     let mut cluster_env_lines: Vec<String> = cluster_env
         .iter()
-        .map(|(k, v)| format!("{k}={}", shell_quote(v)))
-        .collect();
+        .map(|(k, v)| {
+            env_line(k, v).map_err(|message| BootstrapError::Input {
+                what: format!("cluster.env for WorkloadGroup {}/{}", wg.namespace, wg.name),
+                message,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     cluster_env_lines.sort();
     let cluster_env_text = format!("{}\n", cluster_env_lines.join("\n"));
 
     let mut hosts = Vec::new();
+    let mut warnings = Vec::new();
     let mut taken = vec![istiod_host.clone()];
     match &input.istiod_gateway {
         Some(Gateway::Ip(ip)) => hosts.push(HostsEntry {
@@ -594,7 +644,9 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
     if input.interception_mode == InterceptionMode::None
         && let Some(sidecar) = input.sidecar
     {
-        hosts.extend(egress_hosts(&sidecar.spec.egress, &mut taken));
+        let (entries, problems) = egress_hosts(sidecar, &mut taken);
+        hosts.extend(entries);
+        warnings.extend(problems);
     }
 
     Ok(Computed {
@@ -613,6 +665,7 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
         istiod_address,
         ca_address,
         hosts,
+        warnings,
     })
 }
 
@@ -635,6 +688,7 @@ pub fn hosts_file(entries: &[HostsEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::istio::IstioEgressListener;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -828,7 +882,8 @@ mod tests {
             },
         ];
         let mut taken = vec!["istiod.istio-system.svc".to_string()];
-        let got = egress_hosts(&listeners, &mut taken);
+        let (got, problems) = egress_hosts(&sidecar(listeners), &mut taken);
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             got,
             vec![
@@ -844,6 +899,85 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn sidecar(egress: Vec<IstioEgressListener>) -> Sidecar {
+        Sidecar {
+            api_version: "networking.istio.io/v1".into(),
+            kind: "Sidecar".into(),
+            metadata: crate::api::meta::ObjectMeta {
+                name: "default".into(),
+                namespace: "bookinfo".into(),
+                ..Default::default()
+            },
+            spec: crate::api::istio::SidecarSpec {
+                egress,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_bad_egress_host_is_reported_and_only_it_is_skipped() {
+        let listeners = vec![
+            IstioEgressListener {
+                hosts: vec![
+                    "bookinfo/details.bookinfo.svc".into(),
+                    "*/*.wild.example".into(),
+                    "*/evil\n8.8.8.8 bank.example".into(),
+                    "*/ratings.bookinfo.svc".into(),
+                    "*/has space.example".into(),
+                    "*/#comment".into(),
+                    "bookinfo/".into(),
+                ],
+                ..Default::default()
+            },
+            IstioEgressListener {
+                bind: Some("127.0.0.9 evil.example".into()),
+                hosts: vec!["*/not-written.example".into()],
+                ..Default::default()
+            },
+            IstioEgressListener {
+                bind: Some("127.0.0.3".into()),
+                hosts: vec!["*/reviews.bookinfo.svc.".into()],
+                ..Default::default()
+            },
+        ];
+        let (got, problems) = egress_hosts(&sidecar(listeners), &mut Vec::new());
+        assert_eq!(
+            got,
+            vec![
+                HostsEntry {
+                    ip: "127.0.0.1".into(),
+                    hostnames: vec!["details.bookinfo.svc".into(), "ratings.bookinfo.svc".into()],
+                    resolve: None
+                },
+                HostsEntry {
+                    ip: "127.0.0.3".into(),
+                    hostnames: vec!["reviews.bookinfo.svc".into()],
+                    resolve: None
+                },
+            ]
+        );
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(
+                "Sidecar bookinfo/default: spec.egress[0].hosts[2]: \"*/evil\\n8.8.8.8 bank.example\" is not a valid host"
+            ),
+            "{}",
+            problems[0]
+        );
+        for (p, field) in problems.iter().zip([
+            "spec.egress[0].hosts[2]:",
+            "spec.egress[0].hosts[4]:",
+            "spec.egress[0].hosts[5]:",
+            "spec.egress[0].hosts[6]:",
+            "spec.egress[1].bind:",
+        ]) {
+            assert!(p.contains(field), "{p} should name {field}");
+        }
+        // The same answer for a check at load time.
+        assert_eq!(sidecar_problems(&sidecar(vec![])), Vec::<String>::new());
     }
 
     #[test]

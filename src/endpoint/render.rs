@@ -16,6 +16,7 @@ pub struct Renderer {
     templates: bootstrap::Renderer,
     mesh: MeshSettings,
     gateway: Option<bootstrap::Gateway>,
+    warned: WarnOnce,
 }
 
 impl Renderer {
@@ -29,6 +30,7 @@ impl Renderer {
             templates: bootstrap::Renderer::new(template_dir)?,
             mesh,
             gateway,
+            warned: WarnOnce::default(),
         })
     }
 
@@ -83,7 +85,54 @@ impl Renderer {
         input.agent_labels = &agent_labels;
         input.workload_entry_name = Some(&war.metadata.name);
         input.sidecar = sidecar;
-        self.templates.render(&input)
+        let computed = bootstrap::compute(&input)?;
+        if let Some(sidecar) = sidecar {
+            for problem in self.warned.fresh(sidecar, &computed.warnings) {
+                tracing::warn!("{problem}");
+            }
+        }
+        self.templates.render_computed(&input, &computed)
+    }
+}
+
+/// Remembers which Sidecar contents have been reported, so a bad egress host is logged once
+/// per version of the Sidecar (each change to it is reported again) rather than on every
+/// register and bootstrap call of every workload it selects.
+#[derive(Debug, Default)]
+struct WarnOnce {
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Bounds the memory a stream of edited Sidecars can take; forgetting only means a repeat.
+const WARN_ONCE_CAPACITY: usize = 4096;
+
+impl WarnOnce {
+    /// `problems` when this version of `sidecar` has not been reported yet, else nothing.
+    fn fresh(&self, sidecar: &Sidecar, problems: &[String]) -> Vec<String> {
+        use std::hash::{Hash, Hasher};
+        if problems.is_empty() {
+            return Vec::new();
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        sidecar.metadata.namespace.hash(&mut h);
+        sidecar.metadata.name.hash(&mut h);
+        // The spec's canonical JSON (maps are ordered) identifies the version.
+        serde_json::to_string(&sidecar.spec)
+            .unwrap_or_default()
+            .hash(&mut h);
+        let key = h.finish();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= WARN_ONCE_CAPACITY {
+            seen.clear();
+        }
+        if seen.insert(key) {
+            problems.to_vec()
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -135,6 +184,36 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn sidecar_problems_are_reported_once_per_version() {
+        let w = WarnOnce::default();
+        let mut a = sc("default", &[]);
+        a.spec.egress = vec![crate::api::istio::IstioEgressListener {
+            hosts: vec!["*/ok.example".into(), "*/bad host".into()],
+            ..Default::default()
+        }];
+        let problems = crate::bootstrap::proxy_config::sidecar_problems(&a);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(
+                "Sidecar ns/default: spec.egress[0].hosts[1]: \"*/bad host\" is not a valid host"
+            ),
+            "{problems:?}"
+        );
+        assert_eq!(w.fresh(&a, &problems), problems);
+        // The next render of the same Sidecar says nothing.
+        assert!(w.fresh(&a, &problems).is_empty());
+        // An edited Sidecar (a new load) is reported again.
+        a.spec.egress[0].hosts.push("*/also bad".into());
+        let problems = crate::bootstrap::proxy_config::sidecar_problems(&a);
+        assert_eq!(w.fresh(&a, &problems).len(), 2);
+        // Same name in another namespace is another resource.
+        let mut b = a.clone();
+        b.metadata.namespace = "other".into();
+        assert_eq!(w.fresh(&b, &problems).len(), 2);
+        assert!(w.fresh(&b, &[]).is_empty());
     }
 
     #[test]
