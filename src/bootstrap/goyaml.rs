@@ -1270,7 +1270,7 @@ mod tests {
             map.insert(h.to_string(), Value::String(format!("{h}{i}")));
             map.insert(format!("v{i}"), Value::String(h.to_string()));
         }
-        map.insert("list".into(), json!(hostile));
+        map.insert("list".into(), json!(hostile.as_slice()));
         map.insert("long".into(), Value::String(long));
         let doc = json!({"defaultConfig": {"nested": map, "proxyMetadata": {"K": "- x: y"}}});
         let text = to_string(&doc);

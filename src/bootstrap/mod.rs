@@ -624,7 +624,11 @@ mod tests {
         input.root_cert = "<&>\"'";
         input.istio_token = "a&b<c>";
         let b = r.render(&input).unwrap();
-        assert!(env_of(&b).contains("\nA='<b>&'\"'\"'\"x\"'\n"), "{}", env_of(&b));
+        assert!(
+            env_of(&b).starts_with("A='<b>&'\"'\"'\"x\"'\n"),
+            "{}",
+            env_of(&b)
+        );
         assert_eq!(b.files[2].content, "<&>\"'");
         assert_eq!(b.files[3].content, "a&b<c>");
         assert_eq!(b.files[4].content, "<&>\"'|a&b<c>");
