@@ -392,7 +392,7 @@ fn render_binary_takes_the_istio_configmap_as_kubectl_prints_it() {
 }
 
 #[test]
-fn render_binary_says_what_it_left_out_and_writes_no_empty_files() {
+fn render_binary_says_what_it_left_empty() {
     let common = root().join("common");
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
@@ -406,18 +406,25 @@ fn render_binary_says_what_it_left_out_and_writes_no_empty_files() {
     assert!(out.status.success(), "{stderr}");
     let files = dir_files(&out_dir);
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
-    assert_eq!(names, ["cluster.env", "hosts", "mesh.yaml"], "{stderr}");
+    // The same files as istioctl writes, each empty one named on stderr with its remedy.
+    assert_eq!(
+        names,
+        ["cluster.env", "hosts", "istio-token", "mesh.yaml", "root-cert.pem"],
+        "{stderr}"
+    );
     for want in [
-        "render: no --root-cert",
+        "render: no --root-cert: root-cert.pem is left empty",
         "kubectl get cm istio-ca-root-cert -n istio-system",
-        "render: no --token",
+        "render: no --token: istio-token is left empty",
         "kubectl create token bookinfo-ratings -n bookinfo --audience istio-ca",
-        "render: root-cert.pem was not written: it rendered empty",
-        "render: istio-token was not written: it rendered empty",
+        "render: root-cert.pem is empty",
+        "render: istio-token is empty",
         "render: hosts is empty: no --ingress-ip was given",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }
+    assert_eq!(files["istio-token"], "");
+    assert!(files["cluster.env"].contains("\nSERVICE_ACCOUNT='bookinfo-ratings'\n"));
 }
 
 #[test]

@@ -116,13 +116,13 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     ));
     for (spec, file) in renderer.files().iter().zip(&bootstrap.files) {
         if file.content.is_empty() {
-            // An empty root-cert.pem or istio-token copied to a VM fails later, far from
-            // the cause; leaving the file out makes the gap visible.
+            // Written all the same, as istioctl does (its own goldens hold an empty token),
+            // so the directory always has the same files; but never without a word: an empty
+            // root-cert.pem or istio-token copied to a VM fails later, far from the cause.
             notes.push(format!(
-                "{} was not written: it rendered empty",
+                "{} is empty: fill it before the files go to a VM",
                 spec.name
             ));
-            continue;
         }
         let dest = args.output.join(&spec.name);
         crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode)?;
@@ -143,7 +143,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
 }
 
 /// What `render` says on stderr when an input that has no default was not given. The files
-/// that need it render empty and are not written (see `run`).
+/// that need it render empty (and `run` says which).
 pub fn missing_input_notes(
     args: &RenderArgs,
     namespace: &str,
@@ -153,14 +153,14 @@ pub fn missing_input_notes(
     let mut notes = Vec::new();
     if args.root_cert.is_none() {
         notes.push(format!(
-            "no --root-cert: the mesh's root certificate is left out (root-cert.pem); get it with \
+            "no --root-cert: root-cert.pem is left empty; get the mesh's root certificate with \
              `kubectl get cm istio-ca-root-cert -n {ns} -o jsonpath='{{.data.root-cert\\.pem}}' > root-cert.pem` \
              and pass --root-cert root-cert.pem"
         ));
     }
     if args.token.is_none() {
         notes.push(format!(
-            "no --token: the istio-token is left out; create one with \
+            "no --token: istio-token is left empty; create a token with \
              `kubectl create token {service_account} -n {namespace} --audience istio-ca --duration 1h > istio-token` \
              and pass --token istio-token"
         ));
