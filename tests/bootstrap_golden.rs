@@ -329,15 +329,14 @@ fn render_binary_takes_the_istio_configmap_as_kubectl_prints_it() {
     std::fs::write(&cm, kubectl_configmap(&mesh)).unwrap();
     // `-o json` of a list holding it works too.
     let list = tmp.path().join("list.json");
-    let cm_value: serde_json::Value = workload_onboarding::yaml::from_str(
-        &cm,
-        &std::fs::read_to_string(&cm).unwrap(),
-    )
-    .unwrap();
+    let cm_value: serde_json::Value =
+        workload_onboarding::yaml::from_str(&cm, &std::fs::read_to_string(&cm).unwrap()).unwrap();
     std::fs::write(
         &list,
-        serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": [cm_value]}))
-            .unwrap(),
+        serde_json::to_string_pretty(
+            &json!({"apiVersion": "v1", "kind": "List", "items": [cm_value]}),
+        )
+        .unwrap(),
     )
     .unwrap();
     let mut outputs = Vec::new();
@@ -369,12 +368,20 @@ fn render_binary_takes_the_istio_configmap_as_kubectl_prints_it() {
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0], outputs[2]);
     // The mesh config was read, not ignored.
-    assert!(outputs[1]["mesh.yaml"].contains("meshId: mesh1"), "{:?}", outputs[1]);
+    assert!(
+        outputs[1]["mesh.yaml"].contains("meshId: mesh1"),
+        "{:?}",
+        outputs[1]
+    );
     assert!(outputs[1]["cluster.env"].contains("\nISTIO_META_MESH_ID='mesh1'\n"));
 
     // Another kind of object is refused with a hint, not read as an empty mesh config.
     let svc = tmp.path().join("svc.yaml");
-    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: istiod}\n").unwrap();
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: istiod}\n",
+    )
+    .unwrap();
     let out = render_bin(&[
         "-f".as_ref(),
         common.join("workloadgroup.yaml").as_os_str(),
@@ -386,7 +393,8 @@ fn render_binary_takes_the_istio_configmap_as_kubectl_prints_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("a Service is not a mesh config") && stderr.contains("kubectl get cm istio"),
+        stderr.contains("a Service is not a mesh config")
+            && stderr.contains("kubectl get cm istio"),
         "{stderr}"
     );
 }
@@ -409,7 +417,13 @@ fn render_binary_says_what_it_left_empty() {
     // The same files as istioctl writes, each empty one named on stderr with its remedy.
     assert_eq!(
         names,
-        ["cluster.env", "hosts", "istio-token", "mesh.yaml", "root-cert.pem"],
+        [
+            "cluster.env",
+            "hosts",
+            "istio-token",
+            "mesh.yaml",
+            "root-cert.pem"
+        ],
         "{stderr}"
     );
     for want in [

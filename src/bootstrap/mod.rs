@@ -441,9 +441,7 @@ mod tests {
     #[test]
     fn a_proxy_metadata_key_that_is_no_variable_name_refuses_the_resource() {
         let r = Renderer::builtin().unwrap();
-        let wg = with_proxy_config(
-            "proxyMetadata:\n  OK: v\n  \"X=1;touch /tmp/p;Y\": v\n",
-        );
+        let wg = with_proxy_config("proxyMetadata:\n  OK: v\n  \"X=1;touch /tmp/p;Y\": v\n");
         let err = r.render(&BootstrapInput::new(&wg)).unwrap_err().to_string();
         assert!(
             err.contains("WorkloadGroup bookinfo/ratings metadata.annotations[proxy.istio.io/config]: proxyMetadata")
@@ -558,7 +556,11 @@ mod tests {
             "sh failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let created: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -570,7 +572,8 @@ mod tests {
             .filter(|e| !e.is_empty())
             .filter_map(|e| {
                 let e = String::from_utf8(e.to_vec()).unwrap();
-                e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
         for (k, v) in &c.cluster_env {
@@ -594,10 +597,14 @@ mod tests {
         let mut input = BootstrapInput::new(&wg);
         input.agent_labels = &labels;
         let c = compute(&input).unwrap();
-        let back: Value =
-            crate::yaml::from_str(std::path::Path::new("mesh.yaml"), &c.mesh_yaml)
-                .unwrap_or_else(|e| panic!("{e}\n{}", c.mesh_yaml));
-        assert_eq!(back, json!({"defaultConfig": c.default_config}), "{}", c.mesh_yaml);
+        let back: Value = crate::yaml::from_str(std::path::Path::new("mesh.yaml"), &c.mesh_yaml)
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.mesh_yaml));
+        assert_eq!(
+            back,
+            json!({"defaultConfig": c.default_config}),
+            "{}",
+            c.mesh_yaml
+        );
         assert_eq!(back["defaultConfig"]["key: value\n- x"], "&a *b");
         assert_eq!(back["defaultConfig"]["custom"]["! tag"], json!(HOSTILE));
     }

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::goyaml;
-pub use super::sinks::{is_dns_name, shell_quote};
 use super::sinks::{env_line, env_name_problem, env_value_problem, is_dns_label};
+pub use super::sinks::{is_dns_name, shell_quote};
 use super::{BootstrapError, BootstrapInput, Gateway, InstanceIp, InterceptionMode};
 use crate::api::istio::{ReadinessProbe, Sidecar};
 use crate::api::meta::Labels;

@@ -142,7 +142,13 @@ mod tests {
 
     #[test]
     fn dns_names_and_labels() {
-        for ok in ["a", "a.b", "details.bookinfo.svc", "x-1.example.", "A.Example"] {
+        for ok in [
+            "a",
+            "a.b",
+            "details.bookinfo.svc",
+            "x-1.example.",
+            "A.Example",
+        ] {
             assert!(is_dns_name(ok), "{ok}");
         }
         let long_label = "a".repeat(64);
