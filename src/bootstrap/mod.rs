@@ -449,6 +449,12 @@ mod tests {
                 && err.contains("not a valid environment variable name"),
             "{err}"
         );
+        // The check a store can run when it loads the group says the same.
+        let at_load = proxy_config::check_workload_group(&wg)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(at_load, err);
+        assert!(proxy_config::check_workload_group(&snapshot()).is_ok());
         // The same from the mesh config's defaultConfig.
         let wg = snapshot();
         let mesh = json!({"defaultConfig": {"proxyMetadata": {"A-B": "v"}}});

@@ -346,6 +346,17 @@ pub fn egress_hosts(sidecar: &Sidecar, taken: &mut Vec<String>) -> (Vec<HostsEnt
     (by_ip, problems)
 }
 
+/// Whether a WorkloadGroup can be rendered at all, whatever the mesh config and the agent
+/// bring: its `proxy.istio.io/config` annotations parse, their `proxyMetadata` keys are shell
+/// variable names and their values strings without NUL. For a store to refuse the resource
+/// when it loads it, naming the resource, the field and the key, rather than at the first
+/// registration.
+pub fn check_workload_group(
+    wg: &crate::api::registration::WorkloadGroupSnapshot,
+) -> Result<(), BootstrapError> {
+    compute(&BootstrapInput::new(wg)).map(|_| ())
+}
+
 /// What is wrong with a Sidecar for the hosts block (see [`egress_hosts`]); empty when
 /// nothing. For a store or a check command to report when it loads the resource.
 pub fn sidecar_problems(sidecar: &Sidecar) -> Vec<String> {
