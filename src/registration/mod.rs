@@ -35,6 +35,32 @@ pub enum RegistrationError {
     UnusableAddress { ip: String, why: String },
 }
 
+/// Takes the snapshot a WAR keeps of its WorkloadGroup at join time.
+pub fn snapshot(group: &WorkloadGroup, taken_at: &str) -> WorkloadGroupSnapshot {
+    let mut spec = group.spec.clone();
+    // istioctl's readWorkloadGroup default, applied once here so that every later render of
+    // this snapshot sees the same service account.
+    if spec
+        .template
+        .service_account
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        spec.template.service_account = Some("default".to_string());
+    }
+    WorkloadGroupSnapshot {
+        name: group.metadata.name.clone(),
+        namespace: group.metadata.namespace.clone(),
+        uid: group.metadata.uid.clone(),
+        resource_version: group.metadata.resource_version.clone(),
+        generation: group.metadata.generation,
+        labels: group.metadata.labels.clone(),
+        annotations: group.metadata.annotations.clone(),
+        spec,
+        taken_at: taken_at.to_string(),
+    }
+}
+
 /// What the endpoint's configuration lets a registration contain.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegistrationRules {

@@ -420,6 +420,11 @@ impl Store for FileStore {
         let mut out = Vec::new();
         for p in self.list_dir_yaml(WAR_DIR, namespace)? {
             match self.read_war(&p) {
+                // A WAR is only what its path says it is: a file whose metadata names
+                // another place (copied or hand-made) would make later writes go there.
+                Ok(Some(w)) if self.war_path(&w.metadata.namespace, &w.metadata.name).ok().as_ref() != Some(&p) => {
+                    tracing::warn!(path = %p.display(), namespace = %w.metadata.namespace, name = %w.metadata.name, "skipping a registration whose metadata does not match its file name");
+                }
                 Ok(Some(w)) => out.push(w),
                 Ok(None) => {} // deleted between listing and reading
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable registration"),
@@ -760,6 +765,17 @@ mod tests {
             "{:?}",
             files_under(dir.path())
         );
+        // A WAR file whose metadata names another place is not listed (the sweep would
+        // otherwise write it back there).
+        let (mut war, _) = registration("bookinfo", "w");
+        war.metadata.namespace = "../../x".into();
+        let text = crate::yaml::to_string(&war).unwrap();
+        let p = dir
+            .path()
+            .join("root/a/state/workloadautoregistrations/bookinfo/w.yaml");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(s.list_wars(None).await.unwrap(), vec![]);
     }
 
     #[tokio::test]
