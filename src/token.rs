@@ -310,14 +310,24 @@ mod tests {
         });
         let reg = nn("bookinfo", "ratings-jwt-corp-vm-1");
         let (tok, _) = t
-            .issue(&reg, id, nn("bookinfo", "ratings"), None, Some("u-1".into()), now)
+            .issue(
+                &reg,
+                id,
+                nn("bookinfo", "ratings"),
+                None,
+                Some("u-1".into()),
+                now,
+            )
             .unwrap();
         assert_eq!(
             t.verify(&tok, now).unwrap().registration_uid.as_deref(),
             Some("u-1")
         );
         // Tokens issued before the claim existed still verify, as "no WAR yet".
-        assert_eq!(t.verify(&issue(&t, now), now).unwrap().registration_uid, None);
+        assert_eq!(
+            t.verify(&issue(&t, now), now).unwrap().registration_uid,
+            None
+        );
     }
 
     #[test]

@@ -465,7 +465,12 @@ fn an_old_session_token_cannot_outlive_its_war_or_its_policy() {
         assert!(!ep.we_path(WAR).exists());
         for (m, path) in [("POST", "/v1/keepalive"), ("GET", "/v1/bootstrap")] {
             let r = ep.call(m, path, Some(t), None);
-            assert_eq!(code(&r), (410, "registration_gone".into()), "{path}: {}", r.1);
+            assert_eq!(
+                code(&r),
+                (410, "registration_gone".into()),
+                "{path}: {}",
+                r.1
+            );
         }
     }
     // Onboarding again with a fresh credential is what deleting a WAR asks for, and works.
@@ -490,7 +495,10 @@ fn an_old_session_token_cannot_outlive_its_war_or_its_policy() {
     let r = register(&ep, &c, registration_body());
     assert_eq!(code(&r), revoked, "{}", r.1);
     let msg = r.1["message"].as_str().unwrap();
-    assert!(msg.contains("OnboardingPolicy") && !msg.contains("vm-0003"), "{msg}");
+    assert!(
+        msg.contains("OnboardingPolicy") && !msg.contains("vm-0003"),
+        "{msg}"
+    );
     for (m, path) in [("POST", "/v1/keepalive"), ("GET", "/v1/bootstrap")] {
         let r = ep.call(m, path, Some(&c), None);
         assert_eq!(code(&r), revoked, "{path}: {}", r.1);
@@ -503,7 +511,10 @@ fn an_old_session_token_cannot_outlive_its_war_or_its_policy() {
     assert!(ok, "{out}{err}");
     let r = register(&ep, &c, registration_body());
     assert_eq!(code(&r), revoked, "{}", r.1);
-    assert!(!ep.war_path(WAR).exists(), "a revoked session recreated the WAR");
+    assert!(
+        !ep.war_path(WAR).exists(),
+        "a revoked session recreated the WAR"
+    );
     // An identity still allowed is untouched.
     let (_e, other) = onboard(&ep, "vm-0003");
     assert_eq!(other["reused"], false);
@@ -540,18 +551,26 @@ fn names_from_manifests_and_agents_cannot_leave_the_state_directory() {
             "POST",
             "/v1/authorize",
             None,
-            Some(json!({"workloadGroup": {"namespace": ns, "name": "ratings"},
-                        "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}})),
+            Some(
+                json!({"workloadGroup": {"namespace": ns, "name": "ratings"},
+                        "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}}),
+            ),
         );
-        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{ns:?}: {e}");
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("bad_request")),
+            "{ns:?}: {e}"
+        );
         assert!(e["message"].as_str().unwrap().contains("namespace"), "{e}");
     }
     let (s, e) = ep.call(
         "POST",
         "/v1/authorize",
         None,
-        Some(json!({"workloadGroup": {"namespace": NS, "name": "../ratings"},
-                    "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}})),
+        Some(
+            json!({"workloadGroup": {"namespace": NS, "name": "../ratings"},
+                    "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}}),
+        ),
     );
     assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{e}");
     // The valid manifests next to the bad ones still work.
@@ -583,7 +602,10 @@ fn names_from_manifests_and_agents_cannot_leave_the_state_directory() {
         .iter()
         .filter(|f| f.starts_with("state/workloadautoregistrations/"))
         .collect();
-    assert_eq!(wars, [&format!("state/workloadautoregistrations/{NS}/{WAR}.yaml")]);
+    assert_eq!(
+        wars,
+        [&format!("state/workloadautoregistrations/{NS}/{WAR}.yaml")]
+    );
 }
 
 #[test]
@@ -605,7 +627,11 @@ fn registrations_the_mesh_cannot_use_are_refused() {
         (json!({"version": "has space"}), "version"),
     ] {
         let (s, e) = register(&ep, &token, body("10.0.0.7", labels.clone()));
-        assert_eq!((s, e["code"].as_str()), (400, Some("invalid_registration")), "{labels}: {e}");
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{labels}: {e}"
+        );
         let msg = e["message"].as_str().unwrap();
         assert!(
             msg.contains(&format!("label {:?}", named)),
@@ -615,7 +641,11 @@ fn registrations_the_mesh_cannot_use_are_refused() {
     }
     for ip in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
         let (s, e) = register(&ep, &token, body(ip, json!({})));
-        assert_eq!((s, e["code"].as_str()), (400, Some("invalid_registration")), "{ip}: {e}");
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{ip}: {e}"
+        );
         assert!(e["message"].as_str().unwrap().contains(ip), "{e}");
         assert!(!ep.war_path(WAR).exists());
     }
@@ -626,13 +656,25 @@ fn registrations_the_mesh_cannot_use_are_refused() {
     assert!(we.contains("127.0.0.1"), "{we}");
 
     // By default an endpoint refuses it, and says which setting would allow it.
-    ep.reconfigure(|t| t.replace("allowLoopbackAddresses: true", "allowLoopbackAddresses: false"));
+    ep.reconfigure(|t| {
+        t.replace(
+            "allowLoopbackAddresses: true",
+            "allowLoopbackAddresses: false",
+        )
+    });
     let token = session_token(&ep, "vm-0001");
     for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
         let (s, e) = register(&ep, &token, body(ip, json!({})));
-        assert_eq!((s, e["code"].as_str()), (400, Some("invalid_registration")), "{ip}: {e}");
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{ip}: {e}"
+        );
         assert!(
-            e["message"].as_str().unwrap().contains("registration.allowLoopbackAddresses"),
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("registration.allowLoopbackAddresses"),
             "{e}"
         );
     }
@@ -648,17 +690,27 @@ fn a_registration_that_cannot_be_written_whole_is_absent_and_answered_503() {
     // for root too, unlike permissions).
     let blocker = ep.path(&format!("state/workloadentries/{NS}"));
     std::fs::write(&blocker, b"in the way").unwrap();
-    let (s, e, headers) =
-        ep.call_with_headers("POST", "/v1/register", Some(&token), Some(registration_body()));
+    let (s, e, headers) = ep.call_with_headers(
+        "POST",
+        "/v1/register",
+        Some(&token),
+        Some(registration_body()),
+    );
     assert_eq!((s, e["code"].as_str()), (503, Some("unavailable")), "{e}");
     let retry = headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     assert!(retry.is_some_and(|r| r > 0), "{headers:?}");
-    assert!(!ep.war_path(WAR).exists(), "no WAR without its WorkloadEntry");
+    assert!(
+        !ep.war_path(WAR).exists(),
+        "no WAR without its WorkloadEntry"
+    );
     let (ok, out, err) = ep.cli(&["get", "war", "-A"]);
-    assert!(!out.contains(WAR), "get war lists a half registration: {out}{err} ({ok})");
+    assert!(
+        !out.contains(WAR),
+        "get war lists a half registration: {out}{err} ({ok})"
+    );
     // Once the store works again, the same session registers whole.
     std::fs::remove_file(&blocker).unwrap();
     let (s, r) = register(&ep, &token, registration_body());
@@ -689,7 +741,11 @@ fn start_up_removes_crash_leftovers_and_completes_registrations() {
     for t in &temps {
         assert!(!ep.path(t).exists(), "{t} is still there");
     }
-    assert_eq!(read(&ep.we_path(WAR)), entry, "the WorkloadEntry is completed from its WAR");
+    assert_eq!(
+        read(&ep.we_path(WAR)),
+        entry,
+        "the WorkloadEntry is completed from its WAR"
+    );
     assert!(!orphan.exists(), "the orphan WorkloadEntry is removed");
     let log = ep.log.lock().unwrap().clone();
     assert!(log.contains("repaired the state directory"), "{log}");

@@ -302,9 +302,9 @@ impl ErrorCode {
             | ErrorCode::CredentialReused
             | ErrorCode::SessionInvalid
             | ErrorCode::SessionExpired => 401,
-            ErrorCode::UnsupportedPlatform | ErrorCode::PolicyDenied | ErrorCode::SessionRevoked => {
-                403
-            }
+            ErrorCode::UnsupportedPlatform
+            | ErrorCode::PolicyDenied
+            | ErrorCode::SessionRevoked => 403,
             ErrorCode::SessionConflict => 409,
             ErrorCode::RegistrationGone => 410,
             ErrorCode::Unavailable => 503,

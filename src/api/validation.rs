@@ -153,7 +153,9 @@ pub fn label_key(k: &str) -> Result<(), Invalid> {
             return Err(invalid(
                 k,
                 rule,
-                format!("{QUALIFIED_FORM}, with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"),
+                format!(
+                    "{QUALIFIED_FORM}, with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+                ),
             ));
         }
     };
@@ -377,7 +379,17 @@ mod tests {
         }
         let v64 = "v".repeat(64);
         for v in [
-            "-a", "a-", ".a", "a_", "a b", " ", "a\n", "$(id)", "a/b", "é", v64.as_str(),
+            "-a",
+            "a-",
+            ".a",
+            "a_",
+            "a b",
+            " ",
+            "a\n",
+            "$(id)",
+            "a/b",
+            "é",
+            v64.as_str(),
         ] {
             let e = label_value(v).unwrap_err();
             assert_eq!(e.rule, Rule::LabelValue, "{v:?}");
@@ -398,7 +410,10 @@ mod tests {
         m.remove("evil\nkey");
         m.insert("version".to_string(), "$(reboot)".to_string());
         let e = labels(&m).unwrap_err();
-        assert_eq!((e.key.as_str(), e.source.rule), ("version", Rule::LabelValue));
+        assert_eq!(
+            (e.key.as_str(), e.source.rule),
+            ("version", Rule::LabelValue)
+        );
     }
 
     #[test]
@@ -406,7 +421,11 @@ mod tests {
         assert_eq!(namespaced_name("bookinfo", "ratings.v1"), Ok(()));
         let e = namespaced_name("../../x", "ratings").unwrap_err();
         assert_eq!(e.field, "namespace");
-        assert!(e.to_string().starts_with("namespace \"../../x\" is not a valid DNS-1123 label"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("namespace \"../../x\" is not a valid DNS-1123 label"),
+            "{e}"
+        );
         let e = namespaced_name("bookinfo", "..").unwrap_err();
         assert_eq!(e.field, "name");
         assert!(e.to_string().contains("DNS-1123 subdomain"), "{e}");

@@ -14,11 +14,11 @@ use crate::api::protocol::{
     RegisterResponse, UnregisterResponse,
 };
 use crate::api::registration::WorkloadAutoRegistration;
+use crate::api::validation;
 use crate::endpoint::metrics::Metrics;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{VerifyContext, VerifyError};
 use crate::policy::{self, Decision, GroupRef};
-use crate::api::validation;
 use crate::registration::{self, RegistrationRules, connection, naming, session};
 use crate::store::{Store, StoreError};
 use crate::timestamp;
@@ -117,7 +117,7 @@ fn store_err(e: StoreError) -> ApiError {
 
 /// What a session call may do after [`Service::admit`].
 enum Admitted {
-    Existing(WorkloadAutoRegistration),
+    Existing(Box<WorkloadAutoRegistration>),
     Create,
 }
 
@@ -538,9 +538,14 @@ impl<S: Store> Service<S> {
             },
         );
         match verdict {
-            session::Verdict::Existing => war.map(Admitted::Existing).ok_or_else(|| {
-                api(ErrorCode::Internal, "registration vanished while checking it")
-            }),
+            session::Verdict::Existing => {
+                war.map(|w| Admitted::Existing(Box::new(w))).ok_or_else(|| {
+                    api(
+                        ErrorCode::Internal,
+                        "registration vanished while checking it",
+                    )
+                })
+            }
             session::Verdict::Create => Ok(Admitted::Create),
             session::Verdict::Revoked { message, reason } => {
                 self.end_host_session(claims);
@@ -585,7 +590,7 @@ impl<S: Store> Service<S> {
         let (mut war, reused) = match admitted {
             Admitted::Existing(mut war) => {
                 registration::refresh_registration(&mut war, req.registration);
-                (war, true)
+                (*war, true)
             }
             Admitted::Create => {
                 // `admit` found the group a moment ago; it can have gone since.
@@ -675,9 +680,8 @@ impl<S: Store> Service<S> {
     pub async fn keepalive(&self, bearer: Option<&str>) -> ApiResult<KeepAliveResponse> {
         let (claims, reg) = self.session(bearer)?;
         // A keep-alive keeps the WAR from being swept: it re-checks the policy too.
-        let Admitted::Existing(mut war) = self
-            .admit(session::Call::KeepAlive, &claims, &reg)
-            .await?
+        let Admitted::Existing(mut war) =
+            self.admit(session::Call::KeepAlive, &claims, &reg).await?
         else {
             return Err(api(ErrorCode::Internal, "keep-alive cannot create"));
         };
@@ -706,9 +710,7 @@ impl<S: Store> Service<S> {
     /// The current bootstrap (with a fresh istio-token), rendered from the WAR's snapshot.
     pub async fn bootstrap(&self, bearer: Option<&str>) -> ApiResult<Bootstrap> {
         let (claims, reg) = self.session(bearer)?;
-        let Admitted::Existing(war) = self
-            .admit(session::Call::Bootstrap, &claims, &reg)
-            .await?
+        let Admitted::Existing(war) = self.admit(session::Call::Bootstrap, &claims, &reg).await?
         else {
             return Err(api(ErrorCode::Internal, "bootstrap cannot create"));
         };

@@ -11,11 +11,11 @@ use std::net::IpAddr;
 use crate::api::identity::WorkloadIdentity;
 use crate::api::istio::{self, WorkloadEntry, WorkloadGroup};
 use crate::api::meta::{Labels, ObjectMeta, OwnerReference};
-use crate::api::validation;
 use crate::api::registration::{
     self as war_api, AddressType, Registration, WarSpec, WarStatus, WorkloadAutoRegistration,
     WorkloadGroupSnapshot,
 };
+use crate::api::validation;
 
 /// Annotation on the WorkloadEntry naming the WAR it belongs to.
 pub const ANNOTATION_REGISTRATION: &str = "runtime.onboarding.tetrate.io/registration";

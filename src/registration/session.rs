@@ -123,9 +123,9 @@ pub fn check(call: Call, session: Session<'_>, current: Current<'_>) -> Verdict 
             )),
             _ => Verdict::Existing,
         },
-        None if call != Call::Register => {
-            Verdict::Gone(format!("registration {reg} no longer exists; onboard again"))
-        }
+        None if call != Call::Register => Verdict::Gone(format!(
+            "registration {reg} no longer exists; onboard again"
+        )),
         None if session.registration_uid.is_some() || session.created_before => {
             Verdict::Gone(format!(
                 "registration {reg} was deleted since this session began; onboard again \
@@ -311,7 +311,10 @@ mod tests {
             panic!()
         };
         assert!(message.contains("any more"), "{message}");
-        assert!(!message.contains("vm-2"), "no policy details to the agent: {message}");
+        assert!(
+            !message.contains("vm-2"),
+            "no policy details to the agent: {message}"
+        );
         assert!(reason.contains("vm-1"), "the log gets the rules: {reason}");
     }
 
@@ -365,10 +368,7 @@ mod tests {
             war: Some(war(id("vm-9"), "u1")),
             ..Case::default()
         };
-        assert!(matches!(
-            run(Call::Register, &other),
-            Verdict::Conflict(_)
-        ));
+        assert!(matches!(run(Call::Register, &other), Verdict::Conflict(_)));
         assert!(matches!(run(Call::KeepAlive, &other), Verdict::Gone(_)));
     }
 }

@@ -183,8 +183,18 @@ fn unusable_addresses_are_refused_loopback_only_when_allowed() {
     let trial = RegistrationRules {
         allow_loopback_addresses: true,
     };
-    for ip in ["10.0.0.7", "203.0.113.7", "fd00::7", "2001:db8::7", "100.64.0.1"] {
-        assert_eq!(validate_registration(&with_address(ip), strict), Ok(()), "{ip}");
+    for ip in [
+        "10.0.0.7",
+        "203.0.113.7",
+        "fd00::7",
+        "2001:db8::7",
+        "100.64.0.1",
+    ] {
+        assert_eq!(
+            validate_registration(&with_address(ip), strict),
+            Ok(()),
+            "{ip}"
+        );
     }
     // Never usable, whatever the setting.
     for (ip, why) in [
@@ -211,10 +221,15 @@ fn unusable_addresses_are_refused_loopback_only_when_allowed() {
     for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
         let e = validate_registration(&with_address(ip), strict).unwrap_err();
         assert!(
-            e.to_string().contains("registration.allowLoopbackAddresses"),
+            e.to_string()
+                .contains("registration.allowLoopbackAddresses"),
             "{ip}: {e}"
         );
-        assert_eq!(validate_registration(&with_address(ip), trial), Ok(()), "{ip}");
+        assert_eq!(
+            validate_registration(&with_address(ip), trial),
+            Ok(()),
+            "{ip}"
+        );
     }
     // Any listed address counts, not only the one the WorkloadEntry would get.
     let mut r = registration();
@@ -259,7 +274,10 @@ fn agent_labels_are_checked_as_kubernetes_does() {
             Err(RegistrationError::InvalidLabel(e)) => {
                 assert_eq!(e.key, k);
                 let msg = RegistrationError::InvalidLabel(e).to_string();
-                assert!(msg.starts_with("invalid registration: workload.labels: label "), "{msg}");
+                assert!(
+                    msg.starts_with("invalid registration: workload.labels: label "),
+                    "{msg}"
+                );
                 assert!(!msg.contains('\n'), "{msg}");
             }
             other => panic!("{k:?}={v:?}: {other:?}"),

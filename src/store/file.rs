@@ -157,7 +157,13 @@ impl FileStore {
     }
 
     fn war_path(&self, ns: &str, name: &str) -> Result<PathBuf, StoreError> {
-        state_path(&self.cfg.state_dir, WAR_DIR, "WorkloadAutoRegistration", ns, name)
+        state_path(
+            &self.cfg.state_dir,
+            WAR_DIR,
+            "WorkloadAutoRegistration",
+            ns,
+            name,
+        )
     }
 
     fn we_path(&self, ns: &str, name: &str) -> Result<PathBuf, StoreError> {
@@ -286,7 +292,10 @@ fn state_path(
     // future relaxation of the rules cannot open a way out of the directory.
     for part in [ns, file.as_str()] {
         let mut c = Path::new(part).components();
-        if !matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None)) {
+        if !matches!(
+            (c.next(), c.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) {
             return Err(refuse(format!("{part:?} is not a single path component")));
         }
     }
@@ -422,7 +431,13 @@ impl Store for FileStore {
             match self.read_war(&p) {
                 // A WAR is only what its path says it is: a file whose metadata names
                 // another place (copied or hand-made) would make later writes go there.
-                Ok(Some(w)) if self.war_path(&w.metadata.namespace, &w.metadata.name).ok().as_ref() != Some(&p) => {
+                Ok(Some(w))
+                    if self
+                        .war_path(&w.metadata.namespace, &w.metadata.name)
+                        .ok()
+                        .as_ref()
+                        != Some(&p) =>
+                {
                     tracing::warn!(path = %p.display(), namespace = %w.metadata.namespace, name = %w.metadata.name, "skipping a registration whose metadata does not match its file name");
                 }
                 Ok(Some(w)) => out.push(w),
@@ -694,13 +709,12 @@ mod tests {
             },
             ..Default::default()
         };
-        let identity = crate::api::identity::WorkloadIdentity::Jwt(
-            crate::api::identity::JwtIdentity {
+        let identity =
+            crate::api::identity::WorkloadIdentity::Jwt(crate::api::identity::JwtIdentity {
                 issuer: "https://idp".into(),
                 subject: "vm-1".into(),
                 attributes: Default::default(),
-            },
-        );
+            });
         let war = crate::registration::new_war(name, &group, identity, reg, "u-1", "t");
         let entry = crate::registration::workload_entry(&war).unwrap();
         (war, entry)
@@ -742,7 +756,10 @@ mod tests {
             entry.metadata.namespace = ns.into();
             entry.metadata.name = name.into();
             let e = s.put_registration(&war, &entry).await.unwrap_err();
-            assert!(matches!(e, StoreError::InvalidName { .. }), "{ns:?}/{name:?}: {e}");
+            assert!(
+                matches!(e, StoreError::InvalidName { .. }),
+                "{ns:?}/{name:?}: {e}"
+            );
             assert!(matches!(
                 s.put_war(&war).await,
                 Err(StoreError::InvalidName { .. })
@@ -761,7 +778,9 @@ mod tests {
             Err(StoreError::InvalidName { .. })
         ));
         assert!(
-            files_under(dir.path()).iter().all(|f| f.starts_with("root/a/config")),
+            files_under(dir.path())
+                .iter()
+                .all(|f| f.starts_with("root/a/config")),
             "{:?}",
             files_under(dir.path())
         );
@@ -810,7 +829,11 @@ mod tests {
         std::fs::remove_file(&war_file).unwrap();
         std::fs::create_dir_all(war_file.join("x")).unwrap();
         assert!(s.put_registration(&war2, &entry2).await.is_err());
-        assert_eq!(std::fs::read(&we_file).unwrap(), before, "previous entry restored");
+        assert_eq!(
+            std::fs::read(&we_file).unwrap(),
+            before,
+            "previous entry restored"
+        );
         std::fs::remove_dir_all(&war_file).unwrap();
         std::fs::write(&war_file, saved).unwrap();
         assert_eq!(s.get_war("bookinfo", "w").await.unwrap(), Some(war));

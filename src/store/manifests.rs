@@ -172,7 +172,9 @@ fn check_names(path: &Path, out: &mut FileResources) -> Vec<Problem> {
             .chain(extra.iter().copied())
         {
             if why.is_none() {
-                why = validation::labels(labels).err().map(|e| format!("{field}: {e}"));
+                why = validation::labels(labels)
+                    .err()
+                    .map(|e| format!("{field}: {e}"));
             }
         }
         match why {
@@ -424,11 +426,31 @@ metadata: {name: x}
             )
         };
         let cases = [
-            (wg("../../x", "ratings", "{}"), "WorkloadGroup \"ratings\" in namespace \"../../x\"", "metadata.namespace"),
-            (wg("bookinfo", "../war", "{}"), "WorkloadGroup \"../war\"", "metadata.name"),
-            (wg("Book", "ratings", "{}"), "WorkloadGroup", "DNS-1123 label"),
-            (wg("bookinfo", "ratings", "{'bad key': x}"), "WorkloadGroup", "spec.template.labels: label \"bad key\""),
-            (policy("../../x"), "OnboardingPolicy \"p\" in namespace \"../../x\"", "metadata.namespace"),
+            (
+                wg("../../x", "ratings", "{}"),
+                "WorkloadGroup \"ratings\" in namespace \"../../x\"",
+                "metadata.namespace",
+            ),
+            (
+                wg("bookinfo", "../war", "{}"),
+                "WorkloadGroup \"../war\"",
+                "metadata.name",
+            ),
+            (
+                wg("Book", "ratings", "{}"),
+                "WorkloadGroup",
+                "DNS-1123 label",
+            ),
+            (
+                wg("bookinfo", "ratings", "{'bad key': x}"),
+                "WorkloadGroup",
+                "spec.template.labels: label \"bad key\"",
+            ),
+            (
+                policy("../../x"),
+                "OnboardingPolicy \"p\" in namespace \"../../x\"",
+                "metadata.namespace",
+            ),
         ];
         for (text, resource, why) in cases {
             let (res, problems) = parse_file(Path::new("bad.yaml"), &text);
@@ -440,7 +462,11 @@ metadata: {name: x}
         }
         // The good document of a file stays out of the index too (the file keeps its last
         // good content, as for any error in it).
-        let mixed = format!("{}---\n{}", wg("bookinfo", "ok", "{}"), wg("a/b", "x", "{}"));
+        let mixed = format!(
+            "{}---\n{}",
+            wg("bookinfo", "ok", "{}"),
+            wg("a/b", "x", "{}")
+        );
         assert!(parse_file(Path::new("m.yaml"), &mixed).0.is_err());
     }
 
