@@ -66,7 +66,10 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp.")
 }
 
-/// Removes temporary files a crash left in `dir` (not recursive).
+/// Removes temporary files a crash left in `dir` (not recursive). Only files and links
+/// with our temporary names go (a link itself, never what it points at); directories are
+/// left alone. Call it where no write of this process or another can be in flight (at
+/// start-up), or it may remove a temporary file just before its rename.
 pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     let entries = match fs::read_dir(dir) {
@@ -76,7 +79,7 @@ pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
     };
     for entry in entries {
         let entry = entry?;
-        if is_temp_name(&entry.file_name().to_string_lossy()) {
+        if is_temp_name(&entry.file_name().to_string_lossy()) && !entry.file_type()?.is_dir() {
             fs::remove_file(entry.path())?;
             removed += 1;
         }
@@ -135,5 +138,22 @@ mod tests {
         fs::write(dir.path().join("cluster.env"), b"x").unwrap();
         assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
         assert!(dir.path().join("cluster.env").exists());
+    }
+
+    #[test]
+    fn stale_temps_leave_directories_and_link_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(".a.yaml.tmp.1.0")).unwrap();
+        fs::create_dir(dir.path().join(".d.tmp.1.1")).unwrap();
+        fs::write(dir.path().join(".hidden"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        assert!(!dir.path().join(".a.yaml.tmp.1.0").exists());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert!(dir.path().join(".d.tmp.1.1").is_dir());
+        assert!(dir.path().join(".hidden").exists());
+        assert_eq!(remove_stale_temps(&dir.path().join("missing")).unwrap(), 0);
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::identity::WorkloadIdentity;
 use crate::api::meta::NamespacedName;
+use crate::api::validation;
 
 pub const ISSUER: &str = "onboarding-endpoint";
 
@@ -30,16 +31,44 @@ pub struct SessionClaims {
     /// The trusted issuer's short name for JWT identities (part of the WAR name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_short_name: Option<String>,
+    /// The uid of the WAR when the token was issued; absent when it did not exist yet. A
+    /// session continuing a registration ends when that WAR is deleted or replaced
+    /// (`registration::session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_uid: Option<String>,
 }
 
 impl SessionClaims {
-    /// The WAR this session belongs to, from `sub`.
+    /// The WAR this session belongs to, from `sub`; `None` unless `sub` is
+    /// `<namespace>/<name>` with both valid Kubernetes names (they become file paths).
     pub fn registration(&self) -> Option<NamespacedName> {
         let (ns, name) = self.sub.split_once('/')?;
+        validation::namespaced_name(ns, name).ok()?;
         Some(NamespacedName {
             namespace: ns.to_string(),
             name: name.to_string(),
         })
+    }
+
+    /// Names in the claims that would be used as paths or lookups, checked as Kubernetes
+    /// does. The endpoint signed them, so a failure here means a bug or a stolen key; the
+    /// check still runs before any use (defence in depth).
+    fn check_names(&self) -> Result<(), TokenError> {
+        let (ns, name) = self
+            .sub
+            .split_once('/')
+            .ok_or_else(|| TokenError::Invalid("sub is not <namespace>/<name>".into()))?;
+        validation::namespaced_name(ns, name)
+            .map_err(|e| TokenError::Invalid(format!("sub: {e}")))?;
+        let g = &self.workload_group;
+        validation::namespaced_name(&g.namespace, &g.name)
+            .map_err(|e| TokenError::Invalid(format!("workload_group: {e}")))?;
+        if g.namespace != ns {
+            return Err(TokenError::Invalid(
+                "sub and workload_group name different namespaces".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -102,12 +131,15 @@ impl SessionTokens {
         self.ttl
     }
 
+    /// `registration_uid`: the uid of the WAR when it exists already (see
+    /// [`SessionClaims::registration_uid`]).
     pub fn issue(
         &self,
         registration: &NamespacedName,
         workload: WorkloadIdentity,
         workload_group: NamespacedName,
         jwt_short_name: Option<String>,
+        registration_uid: Option<String>,
         now: SystemTime,
     ) -> Result<(String, SystemTime), TokenError> {
         let iat = unix(now);
@@ -124,6 +156,7 @@ impl SessionTokens {
             workload,
             workload_group,
             jwt_short_name,
+            registration_uid,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
             .map_err(|e| TokenError::Key(e.to_string()))?;
@@ -152,6 +185,7 @@ impl SessionTokens {
         if t + 60 < c.nbf {
             return Err(TokenError::Invalid("not valid yet".into()));
         }
+        c.check_names()?;
         Ok(c)
     }
 }
@@ -194,6 +228,7 @@ mod tests {
             id,
             nn("bookinfo", "ratings"),
             Some("corp".into()),
+            None,
             now,
         )
         .unwrap()
@@ -231,6 +266,68 @@ mod tests {
             a.verify(&tampered, now),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn names_that_would_leave_the_state_directory_are_refused() {
+        let t = tokens("plane-1");
+        let now = SystemTime::now();
+        let id = WorkloadIdentity::Jwt(JwtIdentity {
+            issuer: "https://idp".into(),
+            subject: "vm-1".into(),
+            attributes: Default::default(),
+        });
+        for (reg, group) in [
+            (nn("../../x", "ratings-vm"), nn("../../x", "ratings")),
+            (nn("bookinfo", "../war"), nn("bookinfo", "ratings")),
+            (nn("bookinfo", "a/b"), nn("bookinfo", "ratings")),
+            (nn("bookinfo", "ok"), nn("bookinfo", "..")),
+            (nn("bookinfo", "ok"), nn("other", "ratings")),
+        ] {
+            let (tok, _) = t
+                .issue(&reg, id.clone(), group.clone(), None, None, now)
+                .unwrap();
+            assert!(
+                matches!(t.verify(&tok, now), Err(TokenError::Invalid(_))),
+                "{reg} in {group}"
+            );
+        }
+        let c = SessionClaims {
+            sub: "../../x/y".into(),
+            ..t.verify(&issue(&t, now), now).unwrap()
+        };
+        assert_eq!(c.registration(), None);
+    }
+
+    #[test]
+    fn registration_uid_round_trips() {
+        let t = tokens("plane-1");
+        let now = SystemTime::now();
+        let id = WorkloadIdentity::Jwt(JwtIdentity {
+            issuer: "https://idp".into(),
+            subject: "vm-1".into(),
+            attributes: Default::default(),
+        });
+        let reg = nn("bookinfo", "ratings-jwt-corp-vm-1");
+        let (tok, _) = t
+            .issue(
+                &reg,
+                id,
+                nn("bookinfo", "ratings"),
+                None,
+                Some("u-1".into()),
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            t.verify(&tok, now).unwrap().registration_uid.as_deref(),
+            Some("u-1")
+        );
+        // Tokens issued before the claim existed still verify, as "no WAR yet".
+        assert_eq!(
+            t.verify(&issue(&t, now), now).unwrap().registration_uid,
+            None
+        );
     }
 
     #[test]

@@ -424,3 +424,329 @@ fn config_errors_are_clear() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Authorizes `sub` and returns the session token (no register).
+fn session_token(ep: &Endpoint, sub: &str) -> String {
+    let (s, a) = authorize(ep, &vm_jwt(sub, &ep.plane_uid));
+    assert_eq!(s, 200, "authorize: {a}");
+    a["token"].as_str().unwrap().to_string()
+}
+
+fn register(ep: &Endpoint, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    ep.call("POST", "/v1/register", Some(token), Some(body))
+}
+
+/// Waits until the endpoint has reloaded a changed config directory: `ready` is asked
+/// until it holds (or 10s pass).
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_old_session_token_cannot_outlive_its_war_or_its_policy() {
+    let ep = Endpoint::start(Options::default());
+    let code = |r: &(u16, serde_json::Value)| (r.0, r.1["code"].as_str().unwrap_or("").to_string());
+
+    // Token A made the WAR; token B was issued while it existed (a renewal).
+    let (a, _) = onboard(&ep, "vm-0001");
+    let b = session_token(&ep, "vm-0001");
+
+    // Deleting the WAR ends both sessions: neither can bring it back, nor keep it alive.
+    let (ok, out, err) = ep.cli(&["delete", "war", WAR, "-n", NS]);
+    assert!(ok, "{out}{err}");
+    for t in [&a, &b] {
+        let r = register(&ep, t, registration_body());
+        assert_eq!(code(&r), (410, "registration_gone".into()), "{}", r.1);
+        assert!(!ep.war_path(WAR).exists(), "an old token recreated the WAR");
+        assert!(!ep.we_path(WAR).exists());
+        for (m, path) in [("POST", "/v1/keepalive"), ("GET", "/v1/bootstrap")] {
+            let r = ep.call(m, path, Some(t), None);
+            assert_eq!(
+                code(&r),
+                (410, "registration_gone".into()),
+                "{path}: {}",
+                r.1
+            );
+        }
+    }
+    // Onboarding again with a fresh credential is what deleting a WAR asks for, and works.
+    let (c, fresh) = onboard(&ep, "vm-0001");
+    assert_eq!(fresh["reused"], false);
+    // A session for another VM that authorized but has not registered yet.
+    let d = session_token(&ep, "vm-0002");
+
+    // The operator takes vm-0001 and vm-0002 out of the policy.
+    std::fs::write(
+        ep.path("config/policy.yaml"),
+        endpoint::POLICY.replace("vm-0001, vm-0002, ", ""),
+    )
+    .unwrap();
+    wait_for("the policy to deny vm-0001", || {
+        authorize(&ep, &vm_jwt("vm-0001", &ep.plane_uid)).0 == 403
+    });
+
+    // Every call that creates or extends something refuses the revoked identity at once,
+    // with unexpired tokens.
+    let revoked = (403, "session_revoked".to_string());
+    let r = register(&ep, &c, registration_body());
+    assert_eq!(code(&r), revoked, "{}", r.1);
+    let msg = r.1["message"].as_str().unwrap();
+    assert!(
+        msg.contains("OnboardingPolicy") && !msg.contains("vm-0003"),
+        "{msg}"
+    );
+    for (m, path) in [("POST", "/v1/keepalive"), ("GET", "/v1/bootstrap")] {
+        let r = ep.call(m, path, Some(&c), None);
+        assert_eq!(code(&r), revoked, "{path}: {}", r.1);
+    }
+    let r = register(&ep, &d, registration_body());
+    assert_eq!(code(&r), revoked, "{}", r.1);
+    assert!(!ep.war_path("ratings-jwt-corp-vm-0002").exists());
+    // The defect as found: WAR deleted and policy changed, then register with the old token.
+    let (ok, out, err) = ep.cli(&["delete", "war", WAR, "-n", NS]);
+    assert!(ok, "{out}{err}");
+    let r = register(&ep, &c, registration_body());
+    assert_eq!(code(&r), revoked, "{}", r.1);
+    assert!(
+        !ep.war_path(WAR).exists(),
+        "a revoked session recreated the WAR"
+    );
+    // An identity still allowed is untouched.
+    let (_e, other) = onboard(&ep, "vm-0003");
+    assert_eq!(other["reused"], false);
+    let log = ep.log.lock().unwrap().clone();
+    assert!(log.contains("session revoked"), "{log}");
+}
+
+#[test]
+fn names_from_manifests_and_agents_cannot_leave_the_state_directory() {
+    let evil_group = endpoint::WORKLOAD_GROUP.replace("namespace: bookinfo", "namespace: ../../x");
+    let evil_policy = endpoint::POLICY.replace("namespace: bookinfo", "namespace: ../../x");
+    let ep = Endpoint::start_with(
+        Options::default(),
+        Extra {
+            manifests: vec![
+                ("evil-group.yaml".into(), evil_group),
+                ("evil-policy.yaml".into(), evil_policy),
+            ],
+            ..Extra::default()
+        },
+    );
+    wait_for("the refusal in the log", || {
+        let log = ep.log.lock().unwrap();
+        log.contains("evil-group.yaml") && log.contains("evil-policy.yaml")
+    });
+    let log = ep.log.lock().unwrap().clone();
+    assert!(
+        log.contains(r#"WorkloadGroup \"ratings\" in namespace \"../../x\" is refused"#)
+            || log.contains(r#"WorkloadGroup "ratings" in namespace "../../x" is refused"#),
+        "{log}"
+    );
+    for ns in ["../../x", "..", "a/b", "Bookinfo", ""] {
+        let (s, e) = ep.call(
+            "POST",
+            "/v1/authorize",
+            None,
+            Some(
+                json!({"workloadGroup": {"namespace": ns, "name": "ratings"},
+                        "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}}),
+            ),
+        );
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("bad_request")),
+            "{ns:?}: {e}"
+        );
+        assert!(e["message"].as_str().unwrap().contains("namespace"), "{e}");
+    }
+    let (s, e) = ep.call(
+        "POST",
+        "/v1/authorize",
+        None,
+        Some(
+            json!({"workloadGroup": {"namespace": NS, "name": "../ratings"},
+                    "credential": {"type": "jwt", "token": vm_jwt("vm-0001", &ep.plane_uid)}}),
+        ),
+    );
+    assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{e}");
+    // The valid manifests next to the bad ones still work.
+    onboard(&ep, "vm-0001");
+    // Nothing was written outside the state directory's own layout.
+    let mut found = Vec::new();
+    let mut stack = vec![ep.dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p.strip_prefix(ep.dir.path()).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    for f in &found {
+        assert!(
+            f.starts_with("config/")
+                || f.starts_with("state/")
+                || ["endpoint.yaml", "tls.crt", "tls.key", "ca.pem"].contains(&f.as_str()),
+            "unexpected file {f} in {found:?}"
+        );
+        assert!(!f.contains("x/"), "{f}");
+    }
+    let wars: Vec<_> = found
+        .iter()
+        .filter(|f| f.starts_with("state/workloadautoregistrations/"))
+        .collect();
+    assert_eq!(
+        wars,
+        [&format!("state/workloadautoregistrations/{NS}/{WAR}.yaml")]
+    );
+}
+
+#[test]
+fn registrations_the_mesh_cannot_use_are_refused() {
+    let mut ep = Endpoint::start(Options::default());
+    let token = session_token(&ep, "vm-0001");
+    let body = |ip: &str, labels: serde_json::Value| {
+        json!({"registration": {
+            "agent": {"version": "0.1.0"},
+            "sidecar": {"istio": {"version": "1.24.0"}},
+            "host": {"addresses": [{"ip": ip, "type": "VPC"}]},
+            "workload": {"labels": labels}}})
+    };
+    for (labels, named) in [
+        (json!({"my label": "x"}), "my label"),
+        (json!({"-lead": "x"}), "-lead"),
+        (json!({"version": "v5\nINJECTED=1"}), "version"),
+        (json!({"version": "$(touch /tmp/p)"}), "version"),
+        (json!({"version": "has space"}), "version"),
+    ] {
+        let (s, e) = register(&ep, &token, body("10.0.0.7", labels.clone()));
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{labels}: {e}"
+        );
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("label {:?}", named)),
+            "{labels}: the message names the label: {msg}"
+        );
+        assert!(!ep.war_path(WAR).exists() && !ep.we_path(WAR).exists());
+    }
+    for ip in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+        let (s, e) = register(&ep, &token, body(ip, json!({})));
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{ip}: {e}"
+        );
+        assert!(e["message"].as_str().unwrap().contains(ip), "{e}");
+        assert!(!ep.war_path(WAR).exists());
+    }
+    // The test endpoint allows loopback (its agents run on this host).
+    let (s, e) = register(&ep, &token, body("127.0.0.1", json!({"version": "v5"})));
+    assert_eq!(s, 200, "{e}");
+    let we = read(&ep.we_path(WAR));
+    assert!(we.contains("127.0.0.1"), "{we}");
+
+    // By default an endpoint refuses it, and says which setting would allow it.
+    ep.reconfigure(|t| {
+        t.replace(
+            "allowLoopbackAddresses: true",
+            "allowLoopbackAddresses: false",
+        )
+    });
+    let token = session_token(&ep, "vm-0001");
+    for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        let (s, e) = register(&ep, &token, body(ip, json!({})));
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (400, Some("invalid_registration")),
+            "{ip}: {e}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("registration.allowLoopbackAddresses"),
+            "{e}"
+        );
+    }
+    let (s, e) = register(&ep, &token, body("10.0.0.7", json!({"version": "v6"})));
+    assert_eq!(s, 200, "{e}");
+}
+
+#[test]
+fn a_registration_that_cannot_be_written_whole_is_absent_and_answered_503() {
+    let ep = Endpoint::start(Options::default());
+    let token = session_token(&ep, "vm-0001");
+    // The WorkloadEntry cannot be written: its namespace directory is a file (this works
+    // for root too, unlike permissions).
+    let blocker = ep.path(&format!("state/workloadentries/{NS}"));
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let (s, e, headers) = ep.call_with_headers(
+        "POST",
+        "/v1/register",
+        Some(&token),
+        Some(registration_body()),
+    );
+    assert_eq!((s, e["code"].as_str()), (503, Some("unavailable")), "{e}");
+    let retry = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|r| r > 0), "{headers:?}");
+    assert!(
+        !ep.war_path(WAR).exists(),
+        "no WAR without its WorkloadEntry"
+    );
+    let (ok, out, err) = ep.cli(&["get", "war", "-A"]);
+    assert!(
+        !out.contains(WAR),
+        "get war lists a half registration: {out}{err} ({ok})"
+    );
+    // Once the store works again, the same session registers whole.
+    std::fs::remove_file(&blocker).unwrap();
+    let (s, r) = register(&ep, &token, registration_body());
+    assert_eq!(s, 200, "{r}");
+    assert!(ep.war_path(WAR).exists() && ep.we_path(WAR).exists());
+}
+
+#[test]
+fn start_up_removes_crash_leftovers_and_completes_registrations() {
+    let mut ep = Endpoint::start(Options::default());
+    onboard(&ep, "vm-0001");
+    let entry = read(&ep.we_path(WAR));
+    ep.kill();
+    // What a crash can leave: temporary files of interrupted writes, a WAR whose
+    // WorkloadEntry was never written, a WorkloadEntry whose WAR was never written.
+    let temps = [
+        "state/.plane-uid.tmp.4242.0".to_string(),
+        format!("state/workloadautoregistrations/{NS}/.{WAR}.yaml.tmp.4242.1"),
+        format!("state/workloadentries/{NS}/.{WAR}.yaml.tmp.4242.2"),
+    ];
+    for t in &temps {
+        std::fs::write(ep.path(t), b"half written").unwrap();
+    }
+    std::fs::remove_file(ep.we_path(WAR)).unwrap();
+    let orphan = ep.we_path("ratings-jwt-corp-vm-0009");
+    std::fs::write(&orphan, entry.replace(WAR, "ratings-jwt-corp-vm-0009")).unwrap();
+    ep.restart();
+    for t in &temps {
+        assert!(!ep.path(t).exists(), "{t} is still there");
+    }
+    assert_eq!(
+        read(&ep.we_path(WAR)),
+        entry,
+        "the WorkloadEntry is completed from its WAR"
+    );
+    assert!(!orphan.exists(), "the orphan WorkloadEntry is removed");
+    let log = ep.log.lock().unwrap().clone();
+    assert!(log.contains("repaired the state directory"), "{log}");
+}

@@ -14,6 +14,7 @@ use crate::api::agent_config::{
     API_VERSION, AgentConfiguration, CredentialSource, OnboardingConfiguration, Plugin,
 };
 use crate::api::registration::AddressType;
+use crate::api::validation;
 use crate::yaml::{self, YamlError};
 
 pub const DEFAULT_ONBOARDING_CONFIG: &str = "/etc/onboarding-agent/onboarding.config.yaml";
@@ -260,40 +261,24 @@ pub fn validate_onboarding(cfg: &OnboardingConfiguration) -> Result<(), FieldErr
         }
     }
     let wg = &cfg.workload_group;
-    if !is_dns1123_label(&wg.namespace) {
-        return Err(field_err(
+    // The same rules the endpoint enforces (src/api/validation.rs): Kubernetes' own.
+    validation::dns1123_label(&wg.namespace).map_err(|e| {
+        field_err(
             "workloadGroup.namespace",
-            format!(
-                "{:?} is not a Kubernetes namespace name (lower case letters, digits, '-', at most 63)",
-                wg.namespace
-            ),
-        ));
-    }
-    if !is_dns1123_subdomain(&wg.name) {
-        return Err(field_err(
+            format!("{e} (a Kubernetes namespace name)"),
+        )
+    })?;
+    validation::dns1123_subdomain(&wg.name).map_err(|e| {
+        field_err(
             "workloadGroup.name",
-            format!(
-                "{:?} is not a Kubernetes object name (lower case letters, digits, '-', '.')",
-                wg.name
-            ),
-        ));
-    }
+            format!("{e} (a Kubernetes object name)"),
+        )
+    })?;
     if let Some(w) = &cfg.workload {
-        for key in w.labels.keys() {
-            if !is_label_key(key) {
-                return Err(field_err(
-                    format!("workload.labels.{key}"),
-                    "not a valid Kubernetes label key",
-                ));
-            }
-        }
         for (key, value) in &w.labels {
-            if !is_label_value(value) {
-                return Err(field_err(
-                    format!("workload.labels.{key}"),
-                    format!("{value:?} is not a valid Kubernetes label value"),
-                ));
-            }
+            validation::label_key(key)
+                .and_then(|()| validation::label_value(value))
+                .map_err(|e| field_err(format!("workload.labels.{key}"), e.to_string()))?;
         }
     }
     Ok(())
@@ -516,33 +501,12 @@ pub fn is_valid_dns_name(s: &str) -> bool {
 }
 
 fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    validation::dns1123_label(s).is_ok()
 }
 
-fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-fn is_label_value(v: &str) -> bool {
-    v.is_empty()
-        || (v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && v.as_bytes()[0].is_ascii_alphanumeric()
-            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
-}
-
+#[cfg(test)]
 fn is_label_key(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+    validation::label_key(k).is_ok()
 }
 
 fn is_revision(s: &str) -> bool {

@@ -9,3 +9,4 @@ pub mod meta;
 pub mod policy;
 pub mod protocol;
 pub mod registration;
+pub mod validation;

@@ -212,6 +212,9 @@ pub struct ApiError {
 pub enum ErrorCode {
     /// The request body is not what the API expects.
     BadRequest,
+    /// The registration cannot be used as sent: a label Kubernetes would refuse, an
+    /// address the mesh cannot dial, a missing field. The message names it.
+    InvalidRegistration,
     /// The body is larger than the endpoint accepts.
     PayloadTooLarge,
     /// The credential is not well-formed (not a JWT, bad base64, ...).
@@ -246,6 +249,9 @@ pub enum ErrorCode {
     SessionExpired,
     /// The WAR behind this session was deleted: onboard again.
     RegistrationGone,
+    /// The OnboardingPolicies no longer allow this session's identity into its
+    /// WorkloadGroup (or the group is gone): the session is over.
+    SessionRevoked,
     /// The endpoint could not do its part (store, token source); try again later.
     Unavailable,
     /// A bug or an unexpected state; the endpoint's log has details.
@@ -256,6 +262,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidRegistration => "invalid_registration",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::MalformedCredential => "malformed_credential",
             ErrorCode::UnknownIssuer => "unknown_issuer",
@@ -272,6 +279,7 @@ impl ErrorCode {
             ErrorCode::SessionInvalid => "session_invalid",
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::RegistrationGone => "registration_gone",
+            ErrorCode::SessionRevoked => "session_revoked",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -280,7 +288,9 @@ impl ErrorCode {
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest | ErrorCode::MalformedCredential => 400,
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidRegistration
+            | ErrorCode::MalformedCredential => 400,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnknownIssuer
             | ErrorCode::WrongAudience
@@ -292,7 +302,9 @@ impl ErrorCode {
             | ErrorCode::CredentialReused
             | ErrorCode::SessionInvalid
             | ErrorCode::SessionExpired => 401,
-            ErrorCode::UnsupportedPlatform | ErrorCode::PolicyDenied => 403,
+            ErrorCode::UnsupportedPlatform
+            | ErrorCode::PolicyDenied
+            | ErrorCode::SessionRevoked => 403,
             ErrorCode::SessionConflict => 409,
             ErrorCode::RegistrationGone => 410,
             ErrorCode::Unavailable => 503,

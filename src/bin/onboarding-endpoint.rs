@@ -320,6 +320,7 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
 
     let (store, problems) = FileStore::open(file_store_config(&cfg))?;
     log_problems(&problems);
+    recover_state(&store)?;
     let _watcher = file::watch(store.clone(), |p| {
         tracing::info!("config directory changed; reloaded");
         log_problems(&p);
@@ -335,6 +336,7 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         propagation_delay: cfg.registration.propagation_delay.as_std(),
         keep_alive_interval: cfg.registration.keep_alive_interval.as_std(),
         keep_alive_timeout: cfg.registration.keep_alive_timeout(),
+        allow_loopback_addresses: cfg.registration.allow_loopback_addresses,
     };
     let svc =
         Arc::new(Service::new(store, settings.clone(), tokens, jwt, renderer).with_cloud(cloud));
@@ -384,6 +386,23 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         let _ = server.await;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Repairs what a crash may have left in the state directory, before serving.
+fn recover_state(store: &FileStore) -> Result<()> {
+    let r = block_on(store.recover()).context("cannot repair the state directory")?;
+    for p in &r.problems {
+        tracing::warn!("{p}");
+    }
+    if r.stale_temps + r.entries_repaired + r.orphans_removed > 0 {
+        tracing::info!(
+            stale_temps = r.stale_temps,
+            entries_repaired = r.entries_repaired,
+            orphans_removed = r.orphans_removed,
+            "repaired the state directory after an interrupted run"
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

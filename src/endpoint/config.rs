@@ -114,6 +114,12 @@ pub struct RegistrationConfig {
     /// No keep-alive for this long marks the agent disconnected. Default 3 intervals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive_timeout: Option<Duration>,
+    /// Accept loopback addresses (127.0.0.0/8, ::1) as a workload's address. Only for
+    /// trials where the mesh and the "VM" are the same machine: no other host can reach a
+    /// loopback address. Default false. Unspecified and multicast addresses are always
+    /// refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_loopback_addresses: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -123,6 +129,7 @@ impl Default for RegistrationConfig {
             propagation_delay: ten_seconds(),
             keep_alive_interval: fifteen_seconds(),
             keep_alive_timeout: None,
+            allow_loopback_addresses: false,
         }
     }
 }
@@ -671,6 +678,16 @@ mod tests {
         assert_eq!(c.registration.grace_period.as_std().as_secs(), 300);
         assert_eq!(c.registration.keep_alive_timeout().as_secs(), 45);
         assert_eq!(c.token_issuer.expiration.as_std().as_secs(), 3600);
+        assert!(
+            !c.registration.allow_loopback_addresses,
+            "loopback workload addresses are refused unless asked for"
+        );
+    }
+
+    #[test]
+    fn loopback_addresses_are_allowed_only_when_asked() {
+        let c = load_text("registration: {allowLoopbackAddresses: true}\n").unwrap();
+        assert!(c.registration.allow_loopback_addresses);
     }
 
     #[test]

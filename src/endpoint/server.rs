@@ -41,10 +41,20 @@ fn json_reply<T: serde::Serialize>(value: &T, status: StatusCode) -> warp::reply
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
+/// Seconds a client is asked to wait (`Retry-After`) when the endpoint is unavailable.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
 fn error_reply(e: &ApiError) -> warp::reply::Response {
     let status =
         StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_reply(e, status)
+    let mut resp = json_reply(e, status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(RETRY_AFTER_SECONDS),
+        );
+    }
+    resp
 }
 
 fn bearer() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {

@@ -14,11 +14,12 @@ use crate::api::protocol::{
     RegisterResponse, UnregisterResponse,
 };
 use crate::api::registration::WorkloadAutoRegistration;
+use crate::api::validation;
 use crate::endpoint::metrics::Metrics;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{VerifyContext, VerifyError};
 use crate::policy::{self, Decision, GroupRef};
-use crate::registration::{self, connection, naming};
+use crate::registration::{self, RegistrationRules, connection, naming, session};
 use crate::store::{Store, StoreError};
 use crate::timestamp;
 use crate::token::{SessionClaims, SessionTokens, TokenError};
@@ -35,6 +36,8 @@ pub struct ServiceSettings {
     pub propagation_delay: Duration,
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
+    /// `registration.allowLoopbackAddresses`.
+    pub allow_loopback_addresses: bool,
 }
 
 pub struct Service<S: Store> {
@@ -50,6 +53,10 @@ pub struct Service<S: Store> {
     pub replay: ReplayState,
     /// Live keep-alive sessions on this instance, by WAR.
     sessions: Mutex<HashMap<NamespacedName, Instant>>,
+    /// Session tokens (by `jti`) that created their WAR, and when: a token creates at most
+    /// once, so an old one cannot bring back a WAR deleted since. Entries older than
+    /// `session::CREATE_WINDOW` are dropped (such tokens can no longer create anyway).
+    created: Mutex<HashMap<String, SystemTime>>,
     started: Instant,
 }
 
@@ -95,11 +102,23 @@ fn api(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 fn store_err(e: StoreError) -> ApiError {
+    if let StoreError::InvalidName { .. } = e {
+        // Names are validated before they reach the store; the store refusing one too is
+        // its own last line of defence, and the request's fault, not the store's.
+        tracing::warn!(error = %e, "store refused a name");
+        return api(ErrorCode::BadRequest, e.to_string());
+    }
     tracing::error!(error = %e, "store failure");
     api(
         ErrorCode::Unavailable,
         "the endpoint cannot reach its registration store; retry later",
     )
+}
+
+/// What a session call may do after [`Service::admit`].
+enum Admitted {
+    Existing(Box<WorkloadAutoRegistration>),
+    Create,
 }
 
 impl<S: Store> Service<S> {
@@ -120,6 +139,7 @@ impl<S: Store> Service<S> {
             cloud: std::sync::Arc::new(CloudAuth::default()),
             replay: ReplayState::new(),
             sessions: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashMap::new()),
             started: Instant::now(),
         }
     }
@@ -298,6 +318,15 @@ impl<S: Store> Service<S> {
         bearer: Option<&str>,
     ) -> ApiResult<AuthorizeResponse> {
         let platform = req.credential.kind();
+        // Before any use: the names reach lookups, logs, metrics and (through the WAR
+        // name) file paths.
+        let wg = &req.workload_group;
+        validation::namespaced_name(&wg.namespace, &wg.name).map_err(|e| {
+            api(
+                ErrorCode::BadRequest,
+                format!("workloadGroup: {e} (Kubernetes naming rules)"),
+            )
+        })?;
         let now = SystemTime::now();
         let ctx = VerifyContext {
             audience: self.settings.plane_uid.clone(),
@@ -367,22 +396,19 @@ impl<S: Store> Service<S> {
             .and_then(|b| self.tokens.verify(b, now).ok())
             .filter(|c| c.registration().as_ref() == Some(&registration))
             .map(|c| c.jti);
+        let existing = self
+            .store
+            .get_war(&registration.namespace, &registration.name)
+            .await
+            .map_err(store_err)?;
         if let (Some(pending), Some(max)) = (
             verified.ec2_pending_time,
             self.cloud.ec2.as_ref().and_then(|e| e.max_age),
         ) && continuing.is_none()
+            && existing.is_none()
+            && let Err(e) = crate::identity::aws::replay::check_max_age(pending, now, Some(max))
         {
-            let first = self
-                .store
-                .get_war(&registration.namespace, &registration.name)
-                .await
-                .map_err(store_err)?
-                .is_none();
-            if first
-                && let Err(e) = crate::identity::aws::replay::check_max_age(pending, now, Some(max))
-            {
-                return Err(self.refuse(platform, group_ref, &source, cloud::replay_error(e)));
-            }
+            return Err(self.refuse(platform, group_ref, &source, cloud::replay_error(e)));
         }
         let host_key = cloud::host_key(&identity);
         if let (Some((iat, exp)), Some(key)) = (verified.gcp_token, host_key.as_deref())
@@ -399,6 +425,8 @@ impl<S: Store> Service<S> {
                 identity.clone(),
                 group_ref.clone(),
                 short_name,
+                // The session continues this WAR, and ends if it is deleted or replaced.
+                existing.and_then(|w| w.metadata.uid),
                 now,
             )
             .map_err(|e| {
@@ -471,33 +499,101 @@ impl<S: Store> Service<S> {
         Ok((claims, reg))
     }
 
+    /// Re-checks a session against the current policies, group and WAR before a call that
+    /// creates or extends something (the decision is `registration::session::check`).
+    async fn admit(
+        &self,
+        call: session::Call,
+        claims: &SessionClaims,
+        reg: &NamespacedName,
+    ) -> ApiResult<Admitted> {
+        let war = self
+            .store
+            .get_war(&reg.namespace, &reg.name)
+            .await
+            .map_err(store_err)?;
+        let wg = &claims.workload_group;
+        let group = self.store.workload_group(&wg.namespace, &wg.name);
+        let policies = self.store.policies(&wg.namespace);
+        let created_before = self
+            .created
+            .lock()
+            .map(|c| c.contains_key(&claims.jti))
+            .unwrap_or(false);
+        let verdict = session::check(
+            call,
+            session::Session {
+                identity: &claims.workload,
+                workload_group: wg,
+                registration: reg,
+                registration_uid: claims.registration_uid.as_deref(),
+                issued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.iat),
+                created_before,
+            },
+            session::Current {
+                group: group.as_ref(),
+                policies: &policies,
+                war: war.as_ref(),
+                now: SystemTime::now(),
+            },
+        );
+        match verdict {
+            session::Verdict::Existing => {
+                war.map(|w| Admitted::Existing(Box::new(w))).ok_or_else(|| {
+                    api(
+                        ErrorCode::Internal,
+                        "registration vanished while checking it",
+                    )
+                })
+            }
+            session::Verdict::Create => Ok(Admitted::Create),
+            session::Verdict::Revoked { message, reason } => {
+                self.end_host_session(claims);
+                self.forget(reg);
+                tracing::warn!(
+                    registration = %reg,
+                    group = %wg,
+                    identity = ?claims.workload,
+                    call = ?call,
+                    "session revoked: {reason}"
+                );
+                Err(api(ErrorCode::SessionRevoked, message))
+            }
+            session::Verdict::Gone(message) => {
+                self.end_host_session(claims);
+                self.forget(reg);
+                tracing::info!(registration = %reg, call = ?call, "{message}");
+                Err(api(ErrorCode::RegistrationGone, message))
+            }
+            session::Verdict::Conflict(message) => Err(api(ErrorCode::SessionConflict, message)),
+        }
+    }
+
+    fn registration_rules(&self) -> RegistrationRules {
+        RegistrationRules {
+            allow_loopback_addresses: self.settings.allow_loopback_addresses,
+        }
+    }
+
     pub async fn register(
         &self,
         bearer: Option<&str>,
         req: RegisterRequest,
     ) -> ApiResult<RegisterResponse> {
         let (claims, reg_name) = self.session(bearer)?;
-        registration::validate_registration(&req.registration)
-            .map_err(|e| api(ErrorCode::BadRequest, e.to_string()))?;
+        let admitted = self
+            .admit(session::Call::Register, &claims, &reg_name)
+            .await?;
+        registration::validate_registration(&req.registration, self.registration_rules())
+            .map_err(|e| api(ErrorCode::InvalidRegistration, e.to_string()))?;
         let now = timestamp::now();
-        let existing = self
-            .store
-            .get_war(&reg_name.namespace, &reg_name.name)
-            .await
-            .map_err(store_err)?;
-        let (mut war, reused) = match existing {
-            Some(mut war) if war.spec.identity == claims.workload => {
+        let (mut war, reused) = match admitted {
+            Admitted::Existing(mut war) => {
                 registration::refresh_registration(&mut war, req.registration);
-                (war, true)
+                (*war, true)
             }
-            Some(_) => {
-                // Names derive from identities, so this means a hand-made or corrupted WAR.
-                return Err(api(
-                    ErrorCode::SessionConflict,
-                    format!("registration {reg_name} belongs to another identity"),
-                ));
-            }
-            None => {
+            Admitted::Create => {
+                // `admit` found the group a moment ago; it can have gone since.
                 let group = self
                     .store
                     .workload_group(
@@ -506,9 +602,9 @@ impl<S: Store> Service<S> {
                     )
                     .ok_or_else(|| {
                         api(
-                            ErrorCode::PolicyDenied,
+                            ErrorCode::SessionRevoked,
                             format!(
-                                "WorkloadGroup {} no longer exists; authorize again",
+                                "WorkloadGroup {} no longer exists; this session is over",
                                 claims.workload_group
                             ),
                         )
@@ -526,16 +622,19 @@ impl<S: Store> Service<S> {
             }
         };
         let entry = registration::workload_entry(&war)
-            .map_err(|e| api(ErrorCode::BadRequest, e.to_string()))?;
+            .map_err(|e| api(ErrorCode::InvalidRegistration, e.to_string()))?;
         connection::mark_connected(&mut war, &self.settings.instance, &now);
         // The bootstrap is rendered before anything is stored: a template error must not
         // leave a registration behind that the agent can never use.
         let bootstrap = self.render(&war).await?;
-        self.store.put_war(&war).await.map_err(store_err)?;
+        // Whole or not at all: the store writes the WorkloadEntry and the WAR together.
         self.store
-            .put_workload_entry(&entry)
+            .put_registration(&war, &entry)
             .await
             .map_err(store_err)?;
+        if !reused && let Ok(mut c) = self.created.lock() {
+            c.insert(claims.jti.clone(), SystemTime::now());
+        }
         self.touch(&reg_name);
         self.metrics.registrations.inc();
         tracing::info!(registration = %reg_name, reused, "workload registered");
@@ -578,37 +677,14 @@ impl<S: Store> Service<S> {
             })
     }
 
-    /// The WAR behind a session, or `registration_gone` when it was deleted.
-    async fn live_war(&self, reg: &NamespacedName) -> ApiResult<WorkloadAutoRegistration> {
-        self.store
-            .get_war(&reg.namespace, &reg.name)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| {
-                self.forget(reg);
-                api(
-                    ErrorCode::RegistrationGone,
-                    format!("registration {reg} no longer exists; onboard again"),
-                )
-            })
-    }
-
     pub async fn keepalive(&self, bearer: Option<&str>) -> ApiResult<KeepAliveResponse> {
         let (claims, reg) = self.session(bearer)?;
-        let mut war = match self.live_war(&reg).await {
-            Ok(w) => w,
-            Err(e) => {
-                self.end_host_session(&claims);
-                return Err(e);
-            }
+        // A keep-alive keeps the WAR from being swept: it re-checks the policy too.
+        let Admitted::Existing(mut war) =
+            self.admit(session::Call::KeepAlive, &claims, &reg).await?
+        else {
+            return Err(api(ErrorCode::Internal, "keep-alive cannot create"));
         };
-        if war.spec.identity != claims.workload {
-            self.end_host_session(&claims);
-            return Err(api(
-                ErrorCode::RegistrationGone,
-                format!("registration {reg} was replaced; onboard again"),
-            ));
-        }
         if self.cloud.one_session_per_host
             && let Some(key) = cloud::host_key(&claims.workload)
             && let Err(e) = self.replay.keep_session(
@@ -633,8 +709,11 @@ impl<S: Store> Service<S> {
 
     /// The current bootstrap (with a fresh istio-token), rendered from the WAR's snapshot.
     pub async fn bootstrap(&self, bearer: Option<&str>) -> ApiResult<Bootstrap> {
-        let (_, reg) = self.session(bearer)?;
-        let war = self.live_war(&reg).await?;
+        let (claims, reg) = self.session(bearer)?;
+        let Admitted::Existing(war) = self.admit(session::Call::Bootstrap, &claims, &reg).await?
+        else {
+            return Err(api(ErrorCode::Internal, "bootstrap cannot create"));
+        };
         self.touch(&reg);
         self.render(&war).await
     }
@@ -685,6 +764,9 @@ impl<S: Store> Service<S> {
     pub async fn sweep(&self) -> Result<(usize, usize), StoreError> {
         let timeout = self.settings.keep_alive_timeout;
         self.replay.sweep(SystemTime::now());
+        if let Ok(mut c) = self.created.lock() {
+            c.retain(|_, at| at.elapsed().is_ok_and(|age| age <= session::CREATE_WINDOW));
+        }
         let stale: Vec<NamespacedName> = match self.sessions.lock() {
             Ok(s) => s
                 .iter()

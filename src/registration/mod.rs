@@ -3,8 +3,10 @@
 
 pub mod connection;
 pub mod naming;
+pub mod session;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::api::identity::WorkloadIdentity;
 use crate::api::istio::{self, WorkloadEntry, WorkloadGroup};
@@ -13,6 +15,7 @@ use crate::api::registration::{
     self as war_api, AddressType, Registration, WarSpec, WarStatus, WorkloadAutoRegistration,
     WorkloadGroupSnapshot,
 };
+use crate::api::validation;
 
 /// Annotation on the WorkloadEntry naming the WAR it belongs to.
 pub const ANNOTATION_REGISTRATION: &str = "runtime.onboarding.tetrate.io/registration";
@@ -25,6 +28,11 @@ pub enum RegistrationError {
     NoAddress(AddressType, String),
     #[error("invalid registration: {0}")]
     Invalid(String),
+    /// A label Kubernetes would refuse: it must not reach the WorkloadEntry.
+    #[error("invalid registration: workload.labels: {0}")]
+    InvalidLabel(#[from] validation::InvalidLabel),
+    #[error("invalid registration: host.addresses: {ip} {why}")]
+    UnusableAddress { ip: String, why: String },
 }
 
 /// Takes the snapshot a WAR keeps of its WorkloadGroup at join time.
@@ -53,8 +61,50 @@ pub fn snapshot(group: &WorkloadGroup, taken_at: &str) -> WorkloadGroupSnapshot 
     }
 }
 
-/// Checks what the agent sent before anything is stored.
-pub fn validate_registration(reg: &Registration) -> Result<(), RegistrationError> {
+/// What the endpoint's configuration lets a registration contain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistrationRules {
+    /// `registration.allowLoopbackAddresses`: accept 127.0.0.0/8 and ::1 as workload
+    /// addresses (single-host trials and tests, where the mesh runs on the same machine).
+    pub allow_loopback_addresses: bool,
+}
+
+/// Why the mesh could not use `ip` as a workload's address, or `None` when it can.
+/// Unspecified, multicast and broadcast addresses are never usable; loopback only where
+/// `rules` allow it. IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+pub fn unusable_address(ip: IpAddr, rules: RegistrationRules) -> Option<String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return Some("is the unspecified address (0.0.0.0 or ::): nothing can dial it".into());
+    }
+    if ip.is_multicast() {
+        return Some("is a multicast address: a workload needs a unicast address".into());
+    }
+    if let IpAddr::V4(v4) = ip
+        && v4.is_broadcast()
+    {
+        return Some("is the broadcast address: a workload needs a unicast address".into());
+    }
+    if ip.is_loopback() && !rules.allow_loopback_addresses {
+        return Some(
+            "is a loopback address, which only this host can reach; the endpoint accepts it \
+             only with registration.allowLoopbackAddresses (single-host trials)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Checks what the agent sent before anything is stored: the endpoint is the trust
+/// boundary, so labels are checked exactly as Kubernetes would and every address must be
+/// one the mesh can use.
+pub fn validate_registration(
+    reg: &Registration,
+    rules: RegistrationRules,
+) -> Result<(), RegistrationError> {
     let bad = |m: String| Err(RegistrationError::Invalid(m));
     if reg.agent.version.trim().is_empty() {
         return bad("agent.version is required".into());
@@ -73,16 +123,18 @@ pub fn validate_registration(reg: &Registration) -> Result<(), RegistrationError
         return bad("host.addresses must list at least one address".into());
     }
     for a in &reg.host.addresses {
-        if a.ip.parse::<std::net::IpAddr>().is_err() {
+        let Ok(ip) = a.ip.parse::<IpAddr>() else {
             return bad(format!("host.addresses: {:?} is not an IP address", a.ip));
+        };
+        if let Some(why) = unusable_address(ip, rules) {
+            return Err(RegistrationError::UnusableAddress {
+                ip: a.ip.clone(),
+                why,
+            });
         }
     }
     if let Some(w) = &reg.workload {
-        for (k, v) in &w.labels {
-            if k.is_empty() || k.len() > 317 || v.len() > 63 {
-                return bad(format!("workload.labels: {k:?}={v:?} is not a valid label"));
-            }
-        }
+        validation::labels(&w.labels)?;
     }
     Ok(())
 }

@@ -156,16 +156,133 @@ fn service_account_defaults_like_istioctl() {
 
 #[test]
 fn registration_validation() {
-    assert!(validate_registration(&registration()).is_ok());
+    assert!(validate_registration(&registration(), RegistrationRules::default()).is_ok());
     let mut r = registration();
     r.host.addresses.clear();
-    assert!(validate_registration(&r).is_err());
+    assert!(validate_registration(&r, RegistrationRules::default()).is_err());
     let mut r = registration();
     r.host.addresses[0].ip = "not-an-ip".into();
-    assert!(validate_registration(&r).is_err());
+    assert!(validate_registration(&r, RegistrationRules::default()).is_err());
     let mut r = registration();
     r.sidecar.istio.revision = Some("Canary".into());
-    assert!(validate_registration(&r).is_err());
+    assert!(validate_registration(&r, RegistrationRules::default()).is_err());
+}
+
+fn with_address(ip: &str) -> Registration {
+    let mut r = registration();
+    r.host.addresses = vec![Address {
+        ip: ip.into(),
+        kind: AddressType::Vpc,
+    }];
+    r
+}
+
+#[test]
+fn unusable_addresses_are_refused_loopback_only_when_allowed() {
+    let strict = RegistrationRules::default();
+    let trial = RegistrationRules {
+        allow_loopback_addresses: true,
+    };
+    for ip in [
+        "10.0.0.7",
+        "203.0.113.7",
+        "fd00::7",
+        "2001:db8::7",
+        "100.64.0.1",
+    ] {
+        assert_eq!(
+            validate_registration(&with_address(ip), strict),
+            Ok(()),
+            "{ip}"
+        );
+    }
+    // Never usable, whatever the setting.
+    for (ip, why) in [
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("::ffff:0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("239.255.255.250", "multicast"),
+        ("ff02::1", "multicast"),
+        ("::ffff:224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+    ] {
+        for rules in [strict, trial] {
+            match validate_registration(&with_address(ip), rules) {
+                Err(RegistrationError::UnusableAddress { ip: got, why: w }) => {
+                    assert_eq!(got, ip);
+                    assert!(w.contains(why), "{ip}: {w}");
+                }
+                other => panic!("{ip} with {rules:?}: {other:?}"),
+            }
+        }
+    }
+    // Loopback: refused by default, with the setting named; accepted when allowed.
+    for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+        let e = validate_registration(&with_address(ip), strict).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("registration.allowLoopbackAddresses"),
+            "{ip}: {e}"
+        );
+        assert_eq!(
+            validate_registration(&with_address(ip), trial),
+            Ok(()),
+            "{ip}"
+        );
+    }
+    // Any listed address counts, not only the one the WorkloadEntry would get.
+    let mut r = registration();
+    r.host.addresses.push(Address {
+        ip: "0.0.0.0".into(),
+        kind: AddressType::Internet,
+    });
+    assert!(validate_registration(&r, trial).is_err());
+}
+
+#[test]
+fn agent_labels_are_checked_as_kubernetes_does() {
+    let rules = RegistrationRules::default();
+    for (k, v) in [
+        ("version", "v5"),
+        ("app.kubernetes.io/version", "1.2_3-rc.1"),
+        ("empty-value", ""),
+    ] {
+        let mut r = registration();
+        r.workload = Some(WorkloadInfo {
+            labels: [(k.to_string(), v.to_string())].into(),
+        });
+        assert_eq!(validate_registration(&r, rules), Ok(()), "{k}={v}");
+    }
+    for (k, v) in [
+        ("my label", "x"),
+        ("-lead", "x"),
+        ("trail-", "x"),
+        ("new\nline", "x"),
+        ("$(touch /tmp/p)", "x"),
+        ("version", "$(reboot)"),
+        ("version", "has space"),
+        ("version", "-v5"),
+        ("version", "line\nbreak"),
+        ("Bad_Prefix.io/x", "y"),
+    ] {
+        let mut r = registration();
+        r.workload = Some(WorkloadInfo {
+            labels: [(k.to_string(), v.to_string())].into(),
+        });
+        match validate_registration(&r, rules) {
+            Err(RegistrationError::InvalidLabel(e)) => {
+                assert_eq!(e.key, k);
+                let msg = RegistrationError::InvalidLabel(e).to_string();
+                assert!(
+                    msg.starts_with("invalid registration: workload.labels: label "),
+                    "{msg}"
+                );
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+            other => panic!("{k:?}={v:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::{IstioToken, Store, StoreError};
 use crate::api::istio::{Sidecar, WorkloadEntry, WorkloadGroup};
 use crate::api::policy::OnboardingPolicy;
 use crate::api::registration::WorkloadAutoRegistration;
+use crate::api::validation;
 use crate::atomic;
 
 const WAR_DIR: &str = "workloadautoregistrations";
@@ -155,20 +156,18 @@ impl FileStore {
         self.inputs.read().ok().map(|i| f(&i.index))
     }
 
-    fn war_path(&self, ns: &str, name: &str) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join(WAR_DIR)
-            .join(ns)
-            .join(format!("{name}.yaml"))
+    fn war_path(&self, ns: &str, name: &str) -> Result<PathBuf, StoreError> {
+        state_path(
+            &self.cfg.state_dir,
+            WAR_DIR,
+            "WorkloadAutoRegistration",
+            ns,
+            name,
+        )
     }
 
-    fn we_path(&self, ns: &str, name: &str) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join(WE_DIR)
-            .join(ns)
-            .join(format!("{name}.yaml"))
+    fn we_path(&self, ns: &str, name: &str) -> Result<PathBuf, StoreError> {
+        state_path(&self.cfg.state_dir, WE_DIR, "WorkloadEntry", ns, name)
     }
 
     fn write_yaml<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
@@ -194,7 +193,15 @@ impl FileStore {
     fn list_dir_yaml(&self, top: &str, ns: Option<&str>) -> Result<Vec<PathBuf>, StoreError> {
         let base = self.cfg.state_dir.join(top);
         let namespaces: Vec<PathBuf> = match ns {
-            Some(ns) => vec![base.join(ns)],
+            Some(ns) => {
+                validation::dns1123_label(ns).map_err(|e| StoreError::InvalidName {
+                    kind: "namespace",
+                    namespace: ns.to_string(),
+                    name: String::new(),
+                    message: e.to_string(),
+                })?;
+                vec![base.join(ns)]
+            }
             None => read_dir_sorted(&base)?
                 .into_iter()
                 .filter(|p| p.is_dir())
@@ -214,6 +221,41 @@ impl FileStore {
         }
         Ok(out)
     }
+
+    /// Start-up repair of the state directory, for `serve` (never for the read-only CLI
+    /// commands, which must not race a running endpoint's writes): removes the temporary
+    /// files of writes a crash interrupted, writes again every WorkloadEntry that is
+    /// missing or differs from what its WAR says (a crash between the two writes of a
+    /// registration), and removes WorkloadEntries without a WAR.
+    pub async fn recover(&self) -> Result<Recovery, StoreError> {
+        let mut r = Recovery::default();
+        for dir in state_dirs(&self.cfg.state_dir) {
+            r.stale_temps += atomic::remove_stale_temps(&dir)
+                .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        for war in self.list_wars(None).await? {
+            let (ns, name) = (&war.metadata.namespace, &war.metadata.name);
+            let entry = match crate::registration::workload_entry(&war) {
+                Ok(e) => e,
+                Err(e) => {
+                    r.problems.push(format!(
+                        "WorkloadAutoRegistration {ns}/{name}: cannot derive its WorkloadEntry: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let path = self.we_path(ns, name)?;
+            let current: Option<WorkloadEntry> = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| crate::yaml::from_str(&path, &t).ok());
+            if current.as_ref() != Some(&entry) {
+                self.write_yaml(&path, &entry)?;
+                r.entries_repaired += 1;
+            }
+        }
+        r.orphans_removed = self.collect_orphans().await?;
+        Ok(r)
+    }
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
@@ -226,6 +268,72 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(StoreError::Io(format!("{}: {e}", dir.display()))),
     }
+}
+
+/// `<state>/<top>/<namespace>/<name>.yaml`, for names Kubernetes would accept only. The
+/// names come from agents, session tokens and manifests: whatever slipped past the checks
+/// upstream, nothing here may address a file outside `<state>/<top>/` (defence in depth).
+fn state_path(
+    state_dir: &Path,
+    top: &str,
+    kind: &'static str,
+    ns: &str,
+    name: &str,
+) -> Result<PathBuf, StoreError> {
+    let refuse = |message: String| StoreError::InvalidName {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        message,
+    };
+    validation::namespaced_name(ns, name).map_err(|e| refuse(e.to_string()))?;
+    let file = format!("{name}.yaml");
+    // Valid names cannot hold '/' or be '.'/'..'; check the components anyway, so that a
+    // future relaxation of the rules cannot open a way out of the directory.
+    for part in [ns, file.as_str()] {
+        let mut c = Path::new(part).components();
+        if !matches!(
+            (c.next(), c.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) {
+            return Err(refuse(format!("{part:?} is not a single path component")));
+        }
+    }
+    Ok(state_dir.join(top).join(ns).join(file))
+}
+
+/// Directories of the state tree where the store (or `serve`, for the plane UID and the
+/// signing key) writes atomically: the state directory, its subdirectories and theirs.
+fn state_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![state_dir.to_path_buf()];
+    let mut level = vec![state_dir.to_path_buf()];
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for dir in &level {
+            for p in read_dir_sorted(dir).unwrap_or_default() {
+                // Never follow a link out of the state tree.
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    next.push(p);
+                }
+            }
+        }
+        out.extend(next.iter().cloned());
+        level = next;
+    }
+    out
+}
+
+/// What [`FileStore::recover`] found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Temporary files of writes a crash interrupted, removed.
+    pub stale_temps: usize,
+    /// WorkloadEntries written again from their WAR (missing, or not what the WAR says).
+    pub entries_repaired: usize,
+    /// WorkloadEntries without a WAR, removed.
+    pub orphans_removed: usize,
+    /// What could not be repaired (logged by the caller; the rest went on).
+    pub problems: Vec<String>,
 }
 
 fn collect_manifest_paths(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
@@ -311,7 +419,7 @@ impl Store for FileStore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<WorkloadAutoRegistration>, StoreError> {
-        self.read_war(&self.war_path(namespace, name))
+        self.read_war(&self.war_path(namespace, name)?)
     }
 
     async fn list_wars(
@@ -321,6 +429,17 @@ impl Store for FileStore {
         let mut out = Vec::new();
         for p in self.list_dir_yaml(WAR_DIR, namespace)? {
             match self.read_war(&p) {
+                // A WAR is only what its path says it is: a file whose metadata names
+                // another place (copied or hand-made) would make later writes go there.
+                Ok(Some(w))
+                    if self
+                        .war_path(&w.metadata.namespace, &w.metadata.name)
+                        .ok()
+                        .as_ref()
+                        != Some(&p) =>
+                {
+                    tracing::warn!(path = %p.display(), namespace = %w.metadata.namespace, name = %w.metadata.name, "skipping a registration whose metadata does not match its file name");
+                }
                 Ok(Some(w)) => out.push(w),
                 Ok(None) => {} // deleted between listing and reading
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable registration"),
@@ -331,21 +450,59 @@ impl Store for FileStore {
 
     async fn put_war(&self, war: &WorkloadAutoRegistration) -> Result<(), StoreError> {
         self.write_yaml(
-            &self.war_path(&war.metadata.namespace, &war.metadata.name),
+            &self.war_path(&war.metadata.namespace, &war.metadata.name)?,
             war,
         )
     }
 
+    async fn put_registration(
+        &self,
+        war: &WorkloadAutoRegistration,
+        entry: &WorkloadEntry,
+    ) -> Result<(), StoreError> {
+        let war_path = self.war_path(&war.metadata.namespace, &war.metadata.name)?;
+        let we_path = self.we_path(&entry.metadata.namespace, &entry.metadata.name)?;
+        // The WAR is the registration's commit record: it is written last, so `get war`
+        // and the API never see one whose WorkloadEntry is missing. A crash between the
+        // two writes leaves a WorkloadEntry without (or newer than) its WAR, which
+        // `collect_orphans` and `recover` clean up.
+        let previous = match std::fs::read(&we_path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(StoreError::Io(format!("{}: {e}", we_path.display())));
+            }
+        };
+        self.write_yaml(&we_path, entry)?;
+        if let Err(e) = self.write_yaml(&war_path, war) {
+            // Put the WorkloadEntry back as it was, so the pair stays whole.
+            let undo = match &previous {
+                Some(bytes) => tokio_block(|| atomic::write_file(&we_path, bytes, 0o644))
+                    .map_err(|e| e.to_string()),
+                None => remove_if_exists(&we_path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(u) = undo {
+                tracing::error!(error = %u, path = %we_path.display(), "cannot roll back a WorkloadEntry after its WAR failed to write; the next start-up repairs it");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
     async fn put_workload_entry(&self, entry: &WorkloadEntry) -> Result<(), StoreError> {
         self.write_yaml(
-            &self.we_path(&entry.metadata.namespace, &entry.metadata.name),
+            &self.we_path(&entry.metadata.namespace, &entry.metadata.name)?,
             entry,
         )
     }
 
     async fn delete_registration(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
-        let existed = remove_if_exists(&self.war_path(namespace, name))?;
-        remove_if_exists(&self.we_path(namespace, name))?;
+        // WAR first: a failure in between leaves an orphan WorkloadEntry, collected later,
+        // never a WAR without its entry.
+        let existed = remove_if_exists(&self.war_path(namespace, name)?)?;
+        remove_if_exists(&self.we_path(namespace, name)?)?;
         Ok(existed)
     }
 
@@ -360,7 +517,9 @@ impl Store for FileStore {
             ) else {
                 continue;
             };
-            if !self.war_path(&ns, &stem).exists() && remove_if_exists(&p)? {
+            // A file whose name is not a valid registration's cannot have a WAR either.
+            let has_war = self.war_path(&ns, &stem).is_ok_and(|w| w.exists());
+            if !has_war && remove_if_exists(&p)? {
                 tracing::info!(namespace = %ns, name = %stem, "deleted WorkloadEntry whose WAR is gone");
                 removed += 1;
             }
@@ -531,6 +690,203 @@ mod tests {
         let t = s.istio_token("bookinfo", "ratings-vm").await.unwrap();
         assert_eq!(t.token, "token-for-bookinfo-ratings-vm-istio-ca");
         assert!(t.expires_at.is_some());
+    }
+
+    fn registration(ns: &str, name: &str) -> (WorkloadAutoRegistration, WorkloadEntry) {
+        let group: WorkloadGroup = crate::yaml::from_str(
+            Path::new("wg.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: ratings, namespace: {ns:?}, uid: u-g}}\nspec: {{template: {{labels: {{app: ratings}}}}}}\n"
+            ),
+        )
+        .unwrap();
+        let reg = crate::api::registration::Registration {
+            host: crate::api::registration::HostInfo {
+                addresses: vec![crate::api::registration::Address {
+                    ip: "10.0.0.7".into(),
+                    kind: crate::api::registration::AddressType::Vpc,
+                }],
+            },
+            ..Default::default()
+        };
+        let identity =
+            crate::api::identity::WorkloadIdentity::Jwt(crate::api::identity::JwtIdentity {
+                issuer: "https://idp".into(),
+                subject: "vm-1".into(),
+                attributes: Default::default(),
+            });
+        let war = crate::registration::new_war(name, &group, identity, reg, "u-1", "t");
+        let entry = crate::registration::workload_entry(&war).unwrap();
+        (war, entry)
+    }
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn names_that_would_leave_the_state_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir.path().join("root/a"));
+        for (ns, name) in [
+            ("../../x", "ratings-vm"),
+            ("..", "w"),
+            ("bookinfo", "../../../escape"),
+            ("bookinfo", ".."),
+            ("bookinfo", "a/b"),
+            ("", "w"),
+            ("bookinfo", ""),
+        ] {
+            let (mut war, mut entry) = registration("bookinfo", "w");
+            war.metadata.namespace = ns.into();
+            war.metadata.name = name.into();
+            entry.metadata.namespace = ns.into();
+            entry.metadata.name = name.into();
+            let e = s.put_registration(&war, &entry).await.unwrap_err();
+            assert!(
+                matches!(e, StoreError::InvalidName { .. }),
+                "{ns:?}/{name:?}: {e}"
+            );
+            assert!(matches!(
+                s.put_war(&war).await,
+                Err(StoreError::InvalidName { .. })
+            ));
+            assert!(matches!(
+                s.get_war(ns, name).await,
+                Err(StoreError::InvalidName { .. })
+            ));
+            assert!(matches!(
+                s.delete_registration(ns, name).await,
+                Err(StoreError::InvalidName { .. })
+            ));
+        }
+        assert!(matches!(
+            s.list_wars(Some("../x")).await,
+            Err(StoreError::InvalidName { .. })
+        ));
+        assert!(
+            files_under(dir.path())
+                .iter()
+                .all(|f| f.starts_with("root/a/config")),
+            "{:?}",
+            files_under(dir.path())
+        );
+        // A WAR file whose metadata names another place is not listed (the sweep would
+        // otherwise write it back there).
+        let (mut war, _) = registration("bookinfo", "w");
+        war.metadata.namespace = "../../x".into();
+        let text = crate::yaml::to_string(&war).unwrap();
+        let p = dir
+            .path()
+            .join("root/a/state/workloadautoregistrations/bookinfo/w.yaml");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(s.list_wars(None).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let state = dir.path().join("state");
+        let (war, entry) = registration("bookinfo", "w");
+        let war_file = state.join("workloadautoregistrations/bookinfo/w.yaml");
+        let we_file = state.join("workloadentries/bookinfo/w.yaml");
+
+        // The WAR cannot be written (a non-empty directory where its file goes; rename(2)
+        // fails even for root): the new WorkloadEntry written before it is taken back.
+        std::fs::create_dir_all(war_file.join("x")).unwrap();
+        assert!(matches!(
+            s.put_registration(&war, &entry).await,
+            Err(StoreError::Io(_))
+        ));
+        assert!(!we_file.exists(), "WorkloadEntry without its WAR");
+        std::fs::remove_dir_all(&war_file).unwrap();
+
+        s.put_registration(&war, &entry).await.unwrap();
+        assert_eq!(s.get_war("bookinfo", "w").await.unwrap(), Some(war.clone()));
+        let before = std::fs::read(&we_file).unwrap();
+
+        // A later registration that fails leaves the previous pair as it was.
+        let (mut war2, mut entry2) = registration("bookinfo", "w");
+        war2.spec.registration.host.addresses[0].ip = "10.0.0.8".into();
+        entry2.spec.address = Some("10.0.0.8".into());
+        let dir_war = state.join("workloadautoregistrations/bookinfo");
+        let saved = std::fs::read(&war_file).unwrap();
+        std::fs::remove_file(&war_file).unwrap();
+        std::fs::create_dir_all(war_file.join("x")).unwrap();
+        assert!(s.put_registration(&war2, &entry2).await.is_err());
+        assert_eq!(
+            std::fs::read(&we_file).unwrap(),
+            before,
+            "previous entry restored"
+        );
+        std::fs::remove_dir_all(&war_file).unwrap();
+        std::fs::write(&war_file, saved).unwrap();
+        assert_eq!(s.get_war("bookinfo", "w").await.unwrap(), Some(war));
+        // No temporary file is left behind by the failed writes.
+        for d in [dir_war, state.join("workloadentries/bookinfo")] {
+            let names: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.iter().all(|n| !atomic::is_temp_name(n)), "{names:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn recover_removes_temps_completes_entries_and_drops_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let state = dir.path().join("state");
+        let (war, entry) = registration("bookinfo", "w");
+        s.put_registration(&war, &entry).await.unwrap();
+        let (war_b, entry_b) = registration("bookinfo", "b");
+        s.put_registration(&war_b, &entry_b).await.unwrap();
+        let we = state.join("workloadentries/bookinfo/w.yaml");
+        let good = std::fs::read_to_string(&we).unwrap();
+        // A crash between the two writes of each kind, and temporary files of interrupted
+        // writes at every level of the state tree.
+        std::fs::remove_file(&we).unwrap();
+        let we_b = state.join("workloadentries/bookinfo/b.yaml");
+        std::fs::write(&we_b, good.replace("10.0.0.7", "10.9.9.9")).unwrap();
+        let orphan = state.join("workloadentries/bookinfo/gone.yaml");
+        std::fs::write(&orphan, good.replace("name: w", "name: gone")).unwrap();
+        let temps = [
+            state.join(".plane-uid.tmp.1.0"),
+            state.join("workloadautoregistrations/.x.tmp.1.1"),
+            state.join("workloadautoregistrations/bookinfo/.w.yaml.tmp.1.2"),
+            state.join("workloadentries/bookinfo/.w.yaml.tmp.1.3"),
+        ];
+        for t in &temps {
+            std::fs::write(t, b"partial").unwrap();
+        }
+        let r = s.recover().await.unwrap();
+        assert_eq!(
+            (r.stale_temps, r.entries_repaired, r.orphans_removed),
+            (4, 2, 1),
+            "{r:?}"
+        );
+        assert!(r.problems.is_empty(), "{r:?}");
+        assert!(temps.iter().all(|t| !t.exists()));
+        assert_eq!(std::fs::read_to_string(&we).unwrap(), good);
+        assert!(std::fs::read_to_string(&we_b).unwrap().contains("10.0.0.7"));
+        assert!(!orphan.exists());
+        // Nothing left to do the second time.
+        assert_eq!(s.recover().await.unwrap(), Recovery::default());
     }
 
     #[test]

@@ -148,11 +148,64 @@ pub fn parse_file(path: &Path, text: &str) -> (Result<FileResources, ()>, Vec<Pr
             ))),
         }
     }
+    problems.extend(check_names(path, &mut out));
     if problems.iter().any(|p| p.is_error) {
         (Err(()), problems)
     } else {
         (Ok(out), problems)
     }
+}
+
+/// Namespaces and names as Kubernetes requires them (src/api/validation.rs), and the labels
+/// of WorkloadGroups (they reach WorkloadEntries). They become lookups, file paths and
+/// WorkloadEntry fields, so a resource that breaks a rule is dropped with an error naming
+/// the file and the resource, and the file keeps its last good content.
+fn check_names(path: &Path, out: &mut FileResources) -> Vec<Problem> {
+    use crate::api::validation;
+    let mut problems = Vec::new();
+    let mut keep = |kind: &str, meta: &ObjectMeta, extra: &[(&str, &crate::api::meta::Labels)]| {
+        let mut why = validation::namespaced_name(&meta.namespace, &meta.name)
+            .err()
+            .map(|e| format!("metadata.{e}"));
+        for (field, labels) in [("metadata.labels", &meta.labels)]
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
+            if why.is_none() {
+                why = validation::labels(labels)
+                    .err()
+                    .map(|e| format!("{field}: {e}"));
+            }
+        }
+        match why {
+            None => true,
+            Some(why) => {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    line: None,
+                    message: format!(
+                        "{kind} {:?} in namespace {:?} is refused: {why}",
+                        meta.name, meta.namespace
+                    ),
+                    is_error: true,
+                });
+                false
+            }
+        }
+    };
+    out.workload_groups.retain(|wg| {
+        let mut extra = vec![("spec.template.labels", &wg.spec.template.labels)];
+        if let Some(m) = &wg.spec.metadata {
+            extra.push(("spec.metadata.labels", &m.labels));
+        }
+        keep("WorkloadGroup", &wg.metadata, &extra)
+    });
+    out.policies
+        .retain(|p| keep("OnboardingPolicy", &p.metadata, &[]));
+    out.sidecars.retain(|sc| keep("Sidecar", &sc.metadata, &[]));
+    out.config_maps
+        .retain(|cm| keep("ConfigMap", &cm.metadata, &[]));
+    problems
 }
 
 fn default_namespace(meta: &mut ObjectMeta) {
@@ -358,6 +411,63 @@ metadata: {name: x}
         assert!(p.is_error);
         assert_eq!(p.line, Some(6), "{p}");
         assert!(p.message.contains("serviceAcount"), "{p}");
+    }
+
+    #[test]
+    fn names_and_labels_that_kubernetes_refuses_are_not_indexed() {
+        let wg = |ns: &str, name: &str, labels: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {name:?}, namespace: {ns:?}}}\nspec:\n  template: {{labels: {labels}}}\n"
+            )
+        };
+        let policy = |ns: &str| {
+            format!(
+                "apiVersion: authorization.onboarding.tetrate.io/v1alpha1\nkind: OnboardingPolicy\nmetadata: {{name: p, namespace: {ns:?}}}\nspec:\n  allow:\n  - workloads: [{{jwt: {{issuer: \"https://idp\"}}}}]\n    onboardTo: [{{workloadGroupSelector: {{}}}}]\n"
+            )
+        };
+        let cases = [
+            (
+                wg("../../x", "ratings", "{}"),
+                "WorkloadGroup \"ratings\" in namespace \"../../x\"",
+                "metadata.namespace",
+            ),
+            (
+                wg("bookinfo", "../war", "{}"),
+                "WorkloadGroup \"../war\"",
+                "metadata.name",
+            ),
+            (
+                wg("Book", "ratings", "{}"),
+                "WorkloadGroup",
+                "DNS-1123 label",
+            ),
+            (
+                wg("bookinfo", "ratings", "{'bad key': x}"),
+                "WorkloadGroup",
+                "spec.template.labels: label \"bad key\"",
+            ),
+            (
+                policy("../../x"),
+                "OnboardingPolicy \"p\" in namespace \"../../x\"",
+                "metadata.namespace",
+            ),
+        ];
+        for (text, resource, why) in cases {
+            let (res, problems) = parse_file(Path::new("bad.yaml"), &text);
+            assert!(res.is_err(), "{text}");
+            let p = problems.iter().find(|p| p.is_error).unwrap();
+            let shown = p.to_string();
+            assert!(shown.starts_with("bad.yaml: "), "{shown}");
+            assert!(shown.contains(resource) && shown.contains(why), "{shown}");
+        }
+        // The good document of a file stays out of the index too (the file keeps its last
+        // good content, as for any error in it).
+        let mixed = format!(
+            "{}---\n{}",
+            wg("bookinfo", "ok", "{}"),
+            wg("a/b", "x", "{}")
+        );
+        assert!(parse_file(Path::new("m.yaml"), &mixed).0.is_err());
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub enum StoreError {
     Corrupt { what: String, message: String },
     #[error("istio-token source failed: {0}")]
     Token(String),
+    /// A namespace or name that is not a valid Kubernetes name (it would not stay inside
+    /// the store's directory, or is not a name a cluster would accept).
+    #[error("{kind} {namespace}/{name}: {message}")]
+    InvalidName {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        message: String,
+    },
 }
 
 /// A token for the sidecar to present to istiod (audience `istio-ca`).
@@ -60,6 +69,13 @@ pub trait Store: Send + Sync + 'static {
     fn put_war(
         &self,
         war: &WorkloadAutoRegistration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Creates or replaces a registration whole: the WAR and its WorkloadEntry are both
+    /// written, or neither is changed. A failure leaves the previous pair in place.
+    fn put_registration(
+        &self,
+        war: &WorkloadAutoRegistration,
+        entry: &WorkloadEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Creates or replaces.
     fn put_workload_entry(

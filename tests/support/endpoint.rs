@@ -194,6 +194,9 @@ registration:
   propagationDelay: 1s
   keepAliveInterval: {kai}
   keepAliveTimeout: {kat}
+  # The agents of these tests run on this host and report 127.0.0.1 (networkInterfaces
+  # include lo): a single-host trial, which the endpoint refuses unless told.
+  allowLoopbackAddresses: true
 authentication:
   jwt:
     issuers:
@@ -346,6 +349,18 @@ server: {{maxBodyBytes: 8192}}
         bearer: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        let (status, json, _) = self.call_with_headers(method, path, bearer, body);
+        (status, json)
+    }
+
+    /// As [`Endpoint::call`], with the answer's headers.
+    pub fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value, ureq::http::HeaderMap) {
         let agent = self.client();
         let url = format!("{}{}", self.url, path);
         let auth = bearer.map(|b| format!("Bearer {b}"));
@@ -366,9 +381,17 @@ server: {{maxBodyBytes: 8192}}
             }
         };
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let text = resp.body_mut().read_to_string().unwrap();
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        (status, json)
+        (status, json, headers)
+    }
+
+    /// Rewrites the config file (`edit` gets its text) and restarts on the same state.
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(&text)).unwrap();
+        self.restart();
     }
 
     /// Runs a CLI subcommand against this endpoint's store (`get war -A`, ...).
