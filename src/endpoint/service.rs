@@ -332,7 +332,7 @@ impl<S: Store> Service<S> {
                 considered: vec![format!("WorkloadGroup {group_ref} does not exist")],
             },
         };
-        if let Decision::Deny { considered } = &decision {
+        if let Decision::Deny { .. } = &decision {
             self.metrics.onboarding("denied", platform);
             self.metrics
                 .denials
@@ -342,8 +342,7 @@ impl<S: Store> Service<S> {
                 .inc();
             tracing::warn!(
                 group = %group_ref,
-                identity = ?identity,
-                rules = ?considered,
+                identity = %identity,
                 "onboarding denied: {decision}"
             );
             // What the agent learns stays inside the namespace it asked for.
