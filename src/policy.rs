@@ -259,8 +259,7 @@ fn quote(s: &str) -> String {
 /// in label keys (the usual case), quoted otherwise.
 fn key(k: &str) -> String {
     if !k.is_empty()
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
     {
         k.to_string()

@@ -1,7 +1,8 @@
 //! No document cites a file that is not in the repository: every relative markdown link and
 //! every repository path (`src/…`, `docs/…`, `tests/…`, `packaging/…`, `examples/…`,
 //! `templates/…`, `testdata/…`, `bench/…`, `.ci/…`, backticked or not) in README.md and
-//! docs/*.md must exist. A new user follows these references first.
+//! docs/*.md must exist, and none may cite the design notes kept outside the repository
+//! (`reference/…`, `spec/…`). A new user follows these references first.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,10 @@ const ROOTS: &[&str] = &[
     "bench/",
     "benches/",
     ".ci/",
+    // The project's design notes, which live outside the repository: a document citing them
+    // sends a reader to a file they do not have (say what the note says instead).
+    "reference/",
+    "spec/",
 ];
 
 fn repo() -> PathBuf {
@@ -40,8 +45,7 @@ fn repo_paths(text: &str) -> Vec<(usize, String)> {
             };
             if k > 0 {
                 let prev = chars[k - 1].1;
-                if is_path_char(prev) || matches!(prev, '<' | '>' | '$' | '{' | '}' | '~' | '@')
-                {
+                if is_path_char(prev) || matches!(prev, '<' | '>' | '$' | '{' | '}' | '~' | '@') {
                     continue;
                 }
             }
@@ -105,7 +109,11 @@ fn documents() -> Vec<PathBuf> {
 }
 
 fn missing_references(doc: &Path, text: &str) -> Vec<String> {
-    let rel = doc.strip_prefix(repo()).unwrap_or(doc).display().to_string();
+    let rel = doc
+        .strip_prefix(repo())
+        .unwrap_or(doc)
+        .display()
+        .to_string();
     let mut missing = Vec::new();
     for (line, path) in repo_paths(text) {
         if !repo().join(&path).exists() {
@@ -140,7 +148,8 @@ fn the_scanner_finds_what_it_must_and_nothing_else() {
     let text = "see docs/endpoint.md, `src/policy.rs:12` and [the unit](../packaging/systemd/x.service)\n\
                 not /etc/onboarding-endpoint/templates/x nor <stateDir>/docs/y nor docs/*.md\n\
                 `tests/support/` and (examples/quickstart.sh).\n\
-                [anchor](#policy) [web](https://example.com/docs/a.md) [doc](policy.md#jwt)";
+                [anchor](#policy) [web](https://example.com/docs/a.md) [doc](policy.md#jwt)\n\
+                as reference/tsb.md says";
     let paths: Vec<String> = repo_paths(text).into_iter().map(|(_, p)| p).collect();
     assert_eq!(
         paths,
@@ -148,14 +157,18 @@ fn the_scanner_finds_what_it_must_and_nothing_else() {
             "docs/endpoint.md",
             "src/policy.rs",
             "tests/support/",
-            "examples/quickstart.sh"
+            "examples/quickstart.sh",
+            "reference/tsb.md"
         ]
     );
     let links: Vec<String> = link_targets(text).into_iter().map(|(_, p)| p).collect();
     assert_eq!(links, ["../packaging/systemd/x.service", "policy.md"]);
     // A reference to a file that does not exist is reported with its line.
     let doc = repo().join("docs/example.md");
-    let missing = missing_references(&doc, "intro\nsee `src/no_such_module.rs`\n[x](nowhere.md)\n");
+    let missing = missing_references(
+        &doc,
+        "intro\nsee `src/no_such_module.rs`\n[x](nowhere.md)\n",
+    );
     assert_eq!(
         missing,
         [

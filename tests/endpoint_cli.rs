@@ -61,7 +61,10 @@ fn help_is_plain_text_without_a_terminal() {
         let out = run(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         let help = text(&out.stdout);
-        assert!(!help.contains('\u{1b}'), "colour codes in {args:?}:\n{help}");
+        assert!(
+            !help.contains('\u{1b}'),
+            "colour codes in {args:?}:\n{help}"
+        );
         assert!(help.contains("--config") || args == ["--help"], "{help}");
     }
     let out = run(&["get", "--help"]);
@@ -72,7 +75,11 @@ fn help_is_plain_text_without_a_terminal() {
     // A usage error from clap: exit 2, and no colour on a pipe either.
     let out = run(&["get", "war", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(!text(&out.stderr).contains('\u{1b}'), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -226,7 +233,11 @@ fn get_war_by_name_and_output_formats() {
     }
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
-        row[..2].iter().chain(&row[3..]).copied().collect::<Vec<_>>(),
+        row[..2]
+            .iter()
+            .chain(&row[3..])
+            .copied()
+            .collect::<Vec<_>>(),
         [
             WAR,
             "True",
@@ -307,13 +318,15 @@ fn the_log_has_no_colours_and_denials_are_readable() {
 #[test]
 fn the_endpoint_unit_passes_systemd_analyze_verify() {
     let unit = repo().join("packaging/systemd/onboarding-endpoint.service");
-    let text = std::fs::read_to_string(&unit).unwrap();
-    let exec = text
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    let exec = unit_text
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("ExecStart");
     assert!(
-        exec.starts_with("/usr/bin/onboarding-endpoint serve --config /etc/onboarding-endpoint/endpoint.yaml"),
+        exec.starts_with(
+            "/usr/bin/onboarding-endpoint serve --config /etc/onboarding-endpoint/endpoint.yaml"
+        ),
         "{exec}"
     );
     for needed in [
@@ -324,7 +337,7 @@ fn the_endpoint_unit_passes_systemd_analyze_verify() {
         "ProtectSystem=strict",
         "CapabilityBoundingSet=\n",
     ] {
-        assert!(text.contains(needed), "{needed} missing from the unit");
+        assert!(unit_text.contains(needed), "{needed} missing from the unit");
     }
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if !analyze.is_ok_and(|o| o.status.success()) {
@@ -336,7 +349,7 @@ fn the_endpoint_unit_passes_systemd_analyze_verify() {
     let copy = dir.path().join("onboarding-endpoint.service");
     std::fs::write(
         &copy,
-        text.replace(
+        unit_text.replace(
             "/usr/bin/onboarding-endpoint",
             env!("CARGO_BIN_EXE_onboarding-endpoint"),
         ),

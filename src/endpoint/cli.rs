@@ -114,7 +114,9 @@ pub fn war_table(
             let or_none = |s: String| if s.is_empty() { "<none>".into() } else { s };
             row.extend([
                 or_none(w.spec.workload_group.name.clone()),
-                or_none(crate::registration::workload_address(&w.spec.registration).unwrap_or_default()),
+                or_none(
+                    crate::registration::workload_address(&w.spec.registration).unwrap_or_default(),
+                ),
                 or_none(short_identity(&w.spec.identity)),
                 or_none(
                     w.status
@@ -316,7 +318,12 @@ fn words(k: &str) -> String {
 mod tests {
     use super::*;
 
-    fn war(ns: &str, name: &str, subject: &str, connected_to: Option<&str>) -> WorkloadAutoRegistration {
+    fn war(
+        ns: &str,
+        name: &str,
+        subject: &str,
+        connected_to: Option<&str>,
+    ) -> WorkloadAutoRegistration {
         let mut v = serde_json::json!({
             "apiVersion": reg::API_VERSION,
             "kind": reg::KIND,
@@ -351,7 +358,12 @@ mod tests {
     fn table_narrow_and_wide() {
         let wars = [
             war("bookinfo", "ratings-jwt-corp-vm-2", "vm-2", None),
-            war("bookinfo", "ratings-jwt-corp-vm-1", "vm-1", Some("onboarding-0")),
+            war(
+                "bookinfo",
+                "ratings-jwt-corp-vm-1",
+                "vm-1",
+                Some("onboarding-0"),
+            ),
         ];
         let now = at("2026-01-01T00:02:00Z");
         assert_eq!(
@@ -362,20 +374,40 @@ mod tests {
         );
         let wide = war_table(&wars, true, true, now);
         let mut lines = wide.lines();
-        let header: Vec<&str> = lines.next().unwrap().split("   ").map(str::trim).filter(|s| !s.is_empty()).collect();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .split("   ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         assert_eq!(
             header,
             [
-                "NAMESPACE", "NAME", "AGENT CONNECTED", "AGE", "WORKLOAD GROUP", "ADDRESS",
-                "IDENTITY", "CONNECTED TO", "AGENT VERSION"
+                "NAMESPACE",
+                "NAME",
+                "AGENT CONNECTED",
+                "AGE",
+                "WORKLOAD GROUP",
+                "ADDRESS",
+                "IDENTITY",
+                "CONNECTED TO",
+                "AGENT VERSION"
             ]
         );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(
             row,
             [
-                "bookinfo", "ratings-jwt-corp-vm-1", "True", "2m", "ratings", "10.0.0.7",
-                "jwt:vm-1", "onboarding-0", "0.1.0"
+                "bookinfo",
+                "ratings-jwt-corp-vm-1",
+                "True",
+                "2m",
+                "ratings",
+                "10.0.0.7",
+                "jwt:vm-1",
+                "onboarding-0",
+                "0.1.0"
             ]
         );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
