@@ -281,6 +281,7 @@ fn get_war_by_name_and_output_formats() {
 #[test]
 fn the_log_has_no_colours_and_denials_are_readable() {
     let ep = Endpoint::start(Options::default());
+    onboard(&ep, "vm-0001");
     let (s, e) = authorize(&ep, &vm_jwt("vm-0099", &ep.plane_uid));
     assert_eq!((s, e["code"].as_str()), (403, Some("policy_denied")), "{e}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -305,6 +306,15 @@ fn the_log_has_no_colours_and_denials_are_readable() {
         "{line}"
     );
     assert!(!line.contains("Jwt(JwtIdentity"), "{line}");
+    // Who was let in is logged the same way.
+    let allowed = log
+        .lines()
+        .find(|l| l.contains("authorized: allowed by"))
+        .unwrap_or_else(|| panic!("no authorization logged:\n{log}"));
+    assert!(
+        allowed.contains("identity=jwt issuer=https://idp.test.example subject=vm-0001"),
+        "{allowed}"
+    );
     // The value compared and what was allowed.
     let unescaped = line.replace("\\\"", "\"");
     assert!(

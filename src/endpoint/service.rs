@@ -439,7 +439,7 @@ impl<S: Store> Service<S> {
             }
         }
         self.metrics.onboarding("allowed", platform);
-        tracing::info!(group = %group_ref, registration = %registration, %platform, "authorized: {decision}");
+        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {decision}");
         Ok(AuthorizeResponse {
             token,
             expires_at: timestamp::format(exp),
