@@ -10,7 +10,7 @@
 use std::fmt;
 
 use crate::api::identity::{JwtIdentity, WorkloadIdentity};
-use crate::api::meta::Labels;
+use crate::api::meta::{LabelSelector, Labels, SelectorOperator};
 use crate::api::policy::{JwtIdentityMatcher, OnboardingPolicy, WorkloadIdentityMatcher};
 
 /// The WorkloadGroup as policy sees it: where it lives and its metadata labels.
@@ -75,26 +75,33 @@ pub fn evaluate(
             continue;
         }
         for (i, rule) in policy.spec.allow.iter().enumerate() {
-            let group_ok = rule
-                .onboard_to
-                .iter()
-                .any(|m| m.workload_group_selector.matches(group.labels));
-            if !group_ok {
+            let mut selector_misses = Vec::new();
+            for (j, m) in rule.onboard_to.iter().enumerate() {
+                match explain_selector(&m.workload_group_selector, group.labels) {
+                    Ok(()) => {
+                        selector_misses.clear();
+                        break;
+                    }
+                    Err(why) => selector_misses.push(format!("onboardTo[{j}] {why}")),
+                }
+            }
+            if !selector_misses.is_empty() {
                 considered.push(format!(
-                    "{pname} rule {i}: WorkloadGroup {} labels match no workloadGroupSelector",
-                    group.name
+                    "{pname} rule {i}: WorkloadGroup {} not selected: {}",
+                    group.name,
+                    selector_misses.join(" / ")
                 ));
                 continue;
             }
             let mut why_not = Vec::new();
             let mut matched = false;
-            for m in &rule.workloads {
+            for (j, m) in rule.workloads.iter().enumerate() {
                 match match_identity(m, identity) {
                     Ok(()) => {
                         matched = true;
                         break;
                     }
-                    Err(why) => why_not.push(why),
+                    Err(why) => why_not.push(format!("workloads[{j}] {why}")),
                 }
             }
             if matched {
@@ -109,45 +116,161 @@ pub fn evaluate(
     Decision::Deny { considered }
 }
 
-/// Matches one `workloads[]` entry against the identity, or says why not.
+/// Matches one `workloads[]` entry against the identity, or says why not: the field, the
+/// value the identity has and what the matcher allows, so that an operator reading a denial
+/// can fix the policy (or see that the host is not who it should be) without a debugger.
 pub fn match_identity(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), String> {
+    let platform_mismatch = || {
+        let kind = matcher_kind(m);
+        Err(format!(
+            "{kind}: the identity is {}, not {kind}",
+            id.platform()
+        ))
+    };
     match id {
         WorkloadIdentity::Jwt(jwt) => match &m.jwt {
             Some(jm) => match_jwt(jm, jwt),
-            None => Err("not a jwt matcher".into()),
+            None => platform_mismatch(),
         },
         WorkloadIdentity::Aws(aws) => match &m.aws {
-            Some(am) => crate::identity::aws::matches(am, aws),
-            None => Err("not an aws matcher".into()),
+            Some(am) => crate::identity::aws::matches(am, aws).map_err(|e| format!("aws: {e}")),
+            None => platform_mismatch(),
         },
         WorkloadIdentity::Gcp(gcp) => match &m.gcp {
-            Some(gm) => crate::identity::gcp::matches(gm, gcp),
-            None => Err("not a gcp matcher".into()),
+            Some(gm) => crate::identity::gcp::matches(gm, gcp).map_err(|e| format!("gcp: {e}")),
+            None => platform_mismatch(),
         },
         WorkloadIdentity::Azure(az) => match &m.azure {
-            Some(zm) => crate::identity::azure::matches(zm, az),
-            None => Err("not an azure matcher".into()),
+            Some(zm) => crate::identity::azure::matches(zm, az).map_err(|e| format!("azure: {e}")),
+            None => platform_mismatch(),
         },
+    }
+}
+
+/// Which platform a matcher is for, as the policy spells it (`validate` has made sure that
+/// exactly one is set before evaluation gets here).
+fn matcher_kind(m: &WorkloadIdentityMatcher) -> &'static str {
+    if m.jwt.is_some() {
+        "jwt"
+    } else if m.aws.is_some() {
+        "aws"
+    } else if m.gcp.is_some() {
+        "gcp"
+    } else if m.azure.is_some() {
+        "azure"
+    } else {
+        "empty matcher"
     }
 }
 
 fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
     if m.issuer != id.issuer {
-        return Err(format!("issuer {:?} is not {:?}", id.issuer, m.issuer));
+        return Err(format!(
+            "jwt.issuer: got {}, want {}",
+            quote(&id.issuer),
+            quote(&m.issuer)
+        ));
     }
     if !m.subjects.is_empty() && !m.subjects.contains(&id.subject) {
-        return Err(format!("subject {:?} not in subjects", id.subject));
+        return Err(format!(
+            "jwt.subjects: {} not in {}",
+            quote(&id.subject),
+            quote_list(&m.subjects)
+        ));
     }
     for a in &m.attributes {
+        let want = if a.values.is_empty() {
+            "any value".to_string()
+        } else {
+            format!("one of {}", quote_list(&a.values))
+        };
         match id.attributes.get(&a.name) {
-            None => return Err(format!("attribute {:?} missing", a.name)),
+            None => {
+                return Err(format!(
+                    "jwt.attributes {}: missing from the token, want {want}",
+                    key(&a.name)
+                ));
+            }
             Some(v) if !a.values.is_empty() && !a.values.contains(v) => {
-                return Err(format!("attribute {}={v:?} not in values", a.name));
+                return Err(format!(
+                    "jwt.attributes {}: {} not in {}",
+                    key(&a.name),
+                    quote(v),
+                    quote_list(&a.values)
+                ));
             }
             Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// Whether `selector` selects `labels`, with Kubernetes' semantics (the same as
+/// [`LabelSelector::matches`]); `Err` names every requirement that failed, with the label's
+/// actual value and the wanted one.
+pub fn explain_selector(selector: &LabelSelector, labels: &Labels) -> Result<(), String> {
+    let mut misses = Vec::new();
+    for (k, want) in &selector.match_labels {
+        match labels.get(k) {
+            Some(got) if got == want => {}
+            Some(got) => misses.push(format!(
+                "matchLabels {}: got {}, want {}",
+                key(k),
+                quote(got),
+                quote(want)
+            )),
+            None => misses.push(format!(
+                "matchLabels {}: missing, want {}",
+                key(k),
+                quote(want)
+            )),
+        }
+    }
+    for r in &selector.match_expressions {
+        if r.matches(labels) {
+            continue;
+        }
+        let got = match labels.get(&r.key) {
+            Some(v) => format!("got {}", quote(v)),
+            None => "missing".to_string(),
+        };
+        let rule = match r.operator {
+            SelectorOperator::In => format!("In {}", quote_list(&r.values)),
+            SelectorOperator::NotIn => format!("NotIn {}", quote_list(&r.values)),
+            SelectorOperator::Exists => "Exists".to_string(),
+            SelectorOperator::DoesNotExist => "DoesNotExist".to_string(),
+        };
+        misses.push(format!("matchExpressions {} {rule}: {got}", key(&r.key)));
+    }
+    if misses.is_empty() {
+        Ok(())
+    } else {
+        Err(misses.join(", "))
+    }
+}
+
+/// A value as a JSON string: quoted, with control characters escaped, so that a value from
+/// a token cannot forge a line in the endpoint's log.
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+/// A label key or attribute name: bare when it is made of the characters Kubernetes allows
+/// in label keys (the usual case), quoted otherwise.
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+    {
+        k.to_string()
+    } else {
+        quote(k)
+    }
+}
+
+/// A list of values as a JSON array: `["vm-1","vm-2"]`.
+fn quote_list(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| format!("{values:?}"))
 }
 
 /// Problems that make a policy allow nothing. Reported at load time and on every denial.
@@ -308,11 +431,24 @@ spec:
             g,
             &jwt("vm-3", &[("region", "us-east"), ("team", "a")]),
         );
-        assert!(d.to_string().contains("subject \"vm-3\""), "{d}");
+        // Each denial names the field, the value compared and what was allowed.
+        assert!(
+            d.to_string()
+                .contains(r#"workloads[0] jwt.subjects: "vm-3" not in ["vm-1","vm-2"]"#),
+            "{d}"
+        );
         let d = evaluate(&ps, g, &jwt("vm-1", &[("region", "eu"), ("team", "a")]));
-        assert!(d.to_string().contains("region=\"eu\""), "{d}");
+        assert!(
+            d.to_string()
+                .contains(r#"jwt.attributes region: "eu" not in ["us-east","us-west"]"#),
+            "{d}"
+        );
         let d = evaluate(&ps, g, &jwt("vm-1", &[("region", "us-east")]));
-        assert!(d.to_string().contains("\"team\" missing"), "{d}");
+        assert!(
+            d.to_string()
+                .contains("jwt.attributes team: missing from the token, want any value"),
+            "{d}"
+        );
 
         // Group labels must match the selector.
         let other = labels(&[("app", "reviews")]);
@@ -322,7 +458,9 @@ spec:
         };
         let d = evaluate(&ps, g2, &ok);
         assert!(
-            d.to_string().contains("match no workloadGroupSelector"),
+            d.to_string().contains(
+                r#"WorkloadGroup ratings not selected: onboardTo[0] matchLabels app: got "reviews", want "ratings""#
+            ),
             "{d}"
         );
     }
@@ -435,5 +573,135 @@ spec:
             d.to_string().contains("list the AWS accounts explicitly"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn denials_name_the_issuer_compared() {
+        let ps = policies(JWT_POLICY);
+        let l = labels(&[("app", "ratings")]);
+        let g = GroupRef {
+            namespace: "bookinfo",
+            name: "ratings",
+            labels: &l,
+        };
+        let other = WorkloadIdentity::Jwt(JwtIdentity {
+            issuer: "https://other.example".into(),
+            subject: "vm-1".into(),
+            attributes: Default::default(),
+        });
+        let d = evaluate(&ps, g, &other);
+        assert!(
+            d.to_string().contains(
+                r#"jwt.issuer: got "https://other.example", want "https://issuer.example""#
+            ),
+            "{d}"
+        );
+        // A matcher for another platform says which platform the identity is.
+        let d = evaluate(&ps, g, &ec2("123456789012", None));
+        assert!(
+            d.to_string()
+                .contains("workloads[0] jwt: the identity is aws-ec2, not jwt"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn cloud_denials_name_the_value_and_the_allowed_ones() {
+        let ps = policies(
+            r#"
+apiVersion: authorization.onboarding.tetrate.io/v1alpha1
+kind: OnboardingPolicy
+metadata: {name: aws, namespace: bookinfo}
+spec:
+  allow:
+  - workloads:
+    - aws: {accounts: ['123456789012'], ec2: {iamRoleNames: [web]}}
+    onboardTo: [{workloadGroupSelector: {}}]
+"#,
+        );
+        let l = Labels::new();
+        let g = GroupRef {
+            namespace: "bookinfo",
+            name: "any",
+            labels: &l,
+        };
+        let d = evaluate(&ps, g, &ec2("999999999999", Some("web")));
+        assert!(
+            d.to_string().contains("workloads[0] aws: account")
+                && d.to_string().contains("999999999999")
+                && d.to_string().contains("123456789012"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn selector_denials_name_labels_got_and_wanted() {
+        use crate::api::meta::LabelSelectorRequirement;
+        let sel = LabelSelector {
+            match_labels: labels(&[("env", "prod"), ("app", "ratings")]),
+            match_expressions: vec![
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: SelectorOperator::In,
+                    values: vec!["a".into(), "b".into()],
+                },
+                LabelSelectorRequirement {
+                    key: "legacy".into(),
+                    operator: SelectorOperator::DoesNotExist,
+                    values: vec![],
+                },
+                LabelSelectorRequirement {
+                    key: "zone".into(),
+                    operator: SelectorOperator::Exists,
+                    values: vec![],
+                },
+                LabelSelectorRequirement {
+                    key: "stage".into(),
+                    operator: SelectorOperator::NotIn,
+                    values: vec!["canary".into()],
+                },
+            ],
+        };
+        let good = labels(&[
+            ("env", "prod"),
+            ("app", "ratings"),
+            ("tier", "a"),
+            ("zone", "z1"),
+        ]);
+        assert_eq!(explain_selector(&sel, &good), Ok(()));
+        assert!(sel.matches(&good));
+        let bad = labels(&[
+            ("env", "dev"),
+            ("tier", "c"),
+            ("legacy", "yes"),
+            ("stage", "canary"),
+        ]);
+        assert!(!sel.matches(&bad));
+        let why = explain_selector(&sel, &bad).unwrap_err();
+        for part in [
+            r#"matchLabels env: got "dev", want "prod""#,
+            r#"matchLabels app: missing, want "ratings""#,
+            r#"matchExpressions tier In ["a","b"]: got "c""#,
+            r#"matchExpressions legacy DoesNotExist: got "yes""#,
+            "matchExpressions zone Exists: missing",
+            r#"matchExpressions stage NotIn ["canary"]: got "canary""#,
+        ] {
+            assert!(why.contains(part), "{part} not in {why}");
+        }
+    }
+
+    #[test]
+    fn denial_values_cannot_forge_log_lines() {
+        let ps = policies(JWT_POLICY);
+        let l = labels(&[("app", "ratings")]);
+        let g = GroupRef {
+            namespace: "bookinfo",
+            name: "ratings",
+            labels: &l,
+        };
+        let d = evaluate(&ps, g, &jwt("vm-9\nINFO forged line", &[]));
+        let text = d.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains(r#""vm-9\nINFO forged line""#), "{text}");
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use workload_onboarding::endpoint::cloud::CloudAuth;
@@ -22,11 +22,19 @@ use workload_onboarding::{atomic, bootstrap, token};
 
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
 
+/// Exit codes, the same in both binaries: 0 success, 1 a runtime failure (retrying may
+/// help), 2 a usage or configuration error (the command line or a file must be fixed;
+/// clap exits 2 for its own usage errors, and the systemd unit does not restart on 2).
+const EXIT_FAILURE: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+
 #[derive(Parser)]
 #[command(
     name = "onboarding-endpoint",
     version,
-    about = "Workload onboarding endpoint"
+    about = "Workload onboarding endpoint: onboards VMs into an Istio mesh, and the operator's tools around it",
+    after_help = "Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.\n\
+                  Documentation: README.md and docs/ in the source repository."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,8 +45,8 @@ struct Cli {
 enum Command {
     /// Serve the onboarding API over HTTPS.
     Serve {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Generate (once) a self-signed development CA and certificate in the state
         /// directory when the config names no TLS files. Never for production.
         #[arg(long)]
@@ -46,25 +54,36 @@ enum Command {
     },
     /// Render a sidecar's boot files offline, like `istioctl x workload entry configure`.
     Render(Box<bootstrap::offline::RenderArgs>),
-    /// List registrations, as `kubectl get war`.
+    /// List registrations, or show one, as `kubectl get war [NAME]` does.
     Get {
-        /// Resource type: `war` (or `workloadautoregistration`).
+        /// Resource type: `war` (or `wars`, `workloadautoregistration`).
         resource: String,
+        /// Show only this registration.
+        name: Option<String>,
+        /// Namespace to look in (default `default`).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        #[arg(short = 'A', long = "all-namespaces")]
+        /// List registrations in every namespace.
+        #[arg(short = 'A', long = "all-namespaces", conflicts_with = "namespace")]
         all_namespaces: bool,
+        /// Output format: the table (default), `wide` (more columns), `yaml`, `json` or
+        /// `name`.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<OutputArg>,
         #[command(flatten)]
-        store: StoreArgs,
+        config: ConfigArg,
     },
-    /// Show one registration, as `kubectl describe war`.
+    /// Show one registration, as `kubectl describe war NAME` does.
     Describe {
+        /// Resource type: `war` (or `workloadautoregistration`).
         resource: String,
+        /// The registration's name (as `get war` lists it).
         name: String,
+        /// Namespace of the registration.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         #[command(flatten)]
-        store: StoreArgs,
+        config: ConfigArg,
     },
     /// Operator tools for host identities.
     Identity {
@@ -73,13 +92,18 @@ enum Command {
     },
     /// Delete a registration (and its WorkloadEntry); its agent onboards again.
     Delete {
+        /// Resource type: `war` (or `workloadautoregistration`).
         resource: String,
+        /// The registration's name (as `get war` lists it).
         name: String,
+        /// Namespace of the registration.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         #[command(flatten)]
-        store: StoreArgs,
+        config: ConfigArg,
     },
+    /// Print the version of this binary.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -89,23 +113,71 @@ enum IdentityCommand {
     Verify(Box<verify_cli::VerifyArgs>),
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputArg {
+    /// The table with more columns: workload group, address, identity, connected to, agent version.
+    Wide,
+    /// The registration (or a `kind: List` of them) as YAML.
+    Yaml,
+    /// The registration (or a `kind: List` of them) as JSON.
+    Json,
+    /// `workloadautoregistration.<group>/<name>` per registration.
+    Name,
+}
+
 #[derive(clap::Args)]
-struct StoreArgs {
-    /// The endpoint's config file, to find the state directory.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+struct ConfigArg {
+    /// The endpoint's configuration file [default: /etc/onboarding-endpoint/endpoint.yaml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Marks an error as the user's to fix (the command line or the configuration): exit 2.
+/// It shows as the error it wraps, with the same causes.
+#[derive(Debug)]
+struct UsageError(anyhow::Error);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for UsageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.into()))
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        eprintln!("error: {}", cli::error_chain(e.as_ref()));
+        std::process::exit(exit_code(&e));
     }
 }
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Version => {
+            emit(&format!(
+                "onboarding-endpoint {}\n",
+                env!("CARGO_PKG_VERSION")
+            ));
+            Ok(())
+        }
         Command::Serve { config, dev } => serve(&config, dev),
         Command::Render(args) => bootstrap::offline::run(&args),
         Command::Identity {
@@ -113,73 +185,117 @@ fn run() -> Result<()> {
         } => verify_cli::run(&args),
         Command::Get {
             resource,
+            name,
             namespace,
             all_namespaces,
-            store,
+            output,
+            config,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
+            if name.is_some() && all_namespaces {
+                return Err(usage(anyhow::anyhow!(
+                    "a registration cannot be retrieved by name across all namespaces: give -n NAMESPACE instead of -A"
+                )));
+            }
+            let store = open_store(&config)?;
             let ns = if all_namespaces {
                 None
             } else {
                 Some(namespace.unwrap_or_else(|| "default".into()))
             };
-            let wars = block_on(store.list_wars(ns.as_deref()))?;
-            if wars.is_empty() {
+            let wars = match &name {
+                Some(name) => {
+                    let ns = ns.as_deref().unwrap_or("default");
+                    match block_on(store.get_war(ns, name))? {
+                        Some(w) => vec![w],
+                        None => return Err(not_found(name, ns)),
+                    }
+                }
+                None => block_on(store.list_wars(ns.as_deref()))?,
+            };
+            let output = match output {
+                None => cli::Output::Table,
+                Some(OutputArg::Wide) => cli::Output::Wide,
+                Some(OutputArg::Yaml) => cli::Output::Yaml,
+                Some(OutputArg::Json) => cli::Output::Json,
+                Some(OutputArg::Name) => cli::Output::Name,
+            };
+            let tabular = matches!(output, cli::Output::Table | cli::Output::Wide);
+            if wars.is_empty() && tabular {
                 match &ns {
                     Some(ns) => eprintln!("No resources found in {ns} namespace."),
                     None => eprintln!("No resources found"),
                 }
                 return Ok(());
             }
-            print!(
-                "{}",
-                cli::war_table(&wars, all_namespaces, std::time::SystemTime::now())
-            );
+            let text = cli::get_output(
+                &wars,
+                name.is_some(),
+                output,
+                all_namespaces,
+                std::time::SystemTime::now(),
+            )
+            .context("cannot print the registrations")?;
+            emit(&text);
             Ok(())
         }
         Command::Describe {
             resource,
             name,
             namespace,
-            store,
+            config,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
+            let store = open_store(&config)?;
             match block_on(store.get_war(&namespace, &name))? {
                 Some(w) => {
-                    print!("{}", cli::describe(&w));
+                    emit(&cli::describe(&w));
                     Ok(())
                 }
-                None => {
-                    bail!("workloadautoregistration {name:?} not found in namespace {namespace}")
-                }
+                None => Err(not_found(&name, &namespace)),
             }
         }
         Command::Delete {
             resource,
             name,
             namespace,
-            store,
+            config,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
+            let store = open_store(&config)?;
             if block_on(store.delete_registration(&namespace, &name))? {
-                println!("workloadautoregistration \"{name}\" deleted");
+                emit(&format!("workloadautoregistration \"{name}\" deleted\n"));
                 Ok(())
             } else {
-                bail!("workloadautoregistration {name:?} not found in namespace {namespace}")
+                Err(not_found(&name, &namespace))
             }
         }
+    }
+}
+
+fn not_found(name: &str, namespace: &str) -> anyhow::Error {
+    anyhow::anyhow!("workloadautoregistration {name:?} not found in namespace {namespace}")
+}
+
+/// Writes a command's output to stdout. A closed pipe (`| head`) ends the output quietly
+/// instead of panicking.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(EXIT_FAILURE);
     }
 }
 
 fn check_resource(r: &str) -> Result<()> {
     match r {
         "war" | "wars" | "workloadautoregistration" | "workloadautoregistrations" => Ok(()),
-        other => {
-            bail!("unknown resource {other:?}: this tool manages `war` (WorkloadAutoRegistration)")
-        }
+        other => Err(usage(anyhow::anyhow!(
+            "unknown resource {other:?}: this tool manages `war` (WorkloadAutoRegistration)"
+        ))),
     }
 }
 
@@ -190,12 +306,28 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .map(|rt| rt.block_on(f))
         .unwrap_or_else(|e| {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1)
+            std::process::exit(EXIT_FAILURE)
         })
 }
 
-fn open_store(config: &Path) -> Result<FileStore> {
-    let cfg = EndpointConfig::load(config)?;
+/// Loads the configuration named by `--config`, or the default one. Every failure here is
+/// a configuration error (exit 2); a missing default file says how to name another.
+fn load_config(arg: &ConfigArg) -> Result<(PathBuf, EndpointConfig)> {
+    let path = arg
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    if arg.config.is_none() && !path.exists() {
+        return Err(usage(anyhow::anyhow!(
+            "no configuration file at {DEFAULT_CONFIG} (the default): pass --config FILE to name the endpoint's configuration"
+        )));
+    }
+    let cfg = EndpointConfig::load(&path).map_err(usage)?;
+    Ok((path, cfg))
+}
+
+fn open_store(config: &ConfigArg) -> Result<FileStore> {
+    let (_, cfg) = load_config(config)?;
     let (store, _problems) = FileStore::open(file_store_config(&cfg))?;
     Ok(store)
 }
@@ -218,8 +350,10 @@ fn init_logging(cfg: &EndpointConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.logging.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: never in the journal, a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.logging.format {
         LogFormat::Json => builder.json().init(),
@@ -240,8 +374,9 @@ fn read_or_create(path: &Path, mode: u32, make: impl FnOnce() -> Result<String>)
     }
 }
 
-fn serve(config_path: &Path, dev: bool) -> Result<()> {
-    let cfg = EndpointConfig::load(config_path)?;
+fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
+    let (config_path, cfg) = load_config(config)?;
+    let config_path = config_path.as_path();
     init_logging(&cfg);
     // One crypto provider for the whole process (see docs/architecture.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -279,25 +414,33 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
             println!("dev CA: {}", ca.display());
             (crt, key)
         }
-        (None, false) => bail!(
-            "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
-             (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
-            config_path.display()
-        ),
+        (None, false) => {
+            return Err(usage(anyhow::anyhow!(
+                "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
+                 (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
+                config_path.display()
+            )));
+        }
     };
-    let tls_cfg = tls::server_config(tls::load_certs(&cert_file)?, tls::load_key(&key_file)?)?;
+    // The certificate and key are files the configuration names: a bad one is the
+    // configuration's error.
+    let tls_cfg = tls::server_config(
+        tls::load_certs(&cert_file).map_err(usage)?,
+        tls::load_key(&key_file).map_err(usage)?,
+    )
+    .map_err(usage)?;
 
     let jwt = if cfg.authentication.jwt.issuers.is_empty() {
         None
     } else {
-        let v = JwtVerifier::new(&cfg.authentication.jwt.issuers)?;
+        let v = JwtVerifier::new(&cfg.authentication.jwt.issuers).map_err(usage)?;
         for (issuer, problem) in v.prefetch() {
             tracing::warn!(%issuer, %problem, "cannot fetch the issuer's keys yet; will retry on first use");
         }
         Some(v)
     };
     let cloud = CloudAuth::from_config(&cfg.authentication, &|name| std::env::var(name).ok())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+        .map_err(|e| usage(anyhow::anyhow!("{}: {e}", config_path.display())))?;
     let cloud_platforms = cloud.platforms();
     if jwt.is_none() && cloud_platforms.is_empty() {
         tracing::warn!(
@@ -327,7 +470,7 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
     })
     .context("cannot watch the config directory")?;
 
-    let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone())?;
+    let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone()).map_err(usage)?;
     let instance = cfg.instance_name.clone().unwrap_or_else(hostname);
     let settings = ServiceSettings {
         plane_uid: plane_uid.clone(),
@@ -439,4 +582,51 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "onboarding-endpoint".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it does and every flag and argument what it means, as
+    /// `--help` shows them (clap's own `--help`/`--version` excepted).
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("subcommand `{p}`"));
+                }
+                walk(sub, &p, missing);
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("`{path}` argument `{id}`"));
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "onboarding-endpoint", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_exit_2_wherever_they_are_wrapped() {
+        let e = usage(anyhow::anyhow!("bad field"));
+        assert_eq!(exit_code(&e), EXIT_USAGE);
+        assert_eq!(exit_code(&e.context("while starting")), EXIT_USAGE);
+        assert_eq!(exit_code(&anyhow::anyhow!("cannot bind")), EXIT_FAILURE);
+        // The marker is invisible in the message.
+        let e = usage(
+            anyhow::Error::new(std::io::Error::other("no such file")).context("cannot read x"),
+        );
+        assert_eq!(cli::error_chain(e.as_ref()), "cannot read x: no such file");
+    }
 }

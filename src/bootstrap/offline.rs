@@ -57,6 +57,7 @@ pub struct RenderArgs {
     /// The istio-token (a service-account JWT with audience istio-ca), copied verbatim.
     #[arg(long)]
     pub token: Option<PathBuf>,
+    /// The namespace istiod runs in.
     #[arg(long = "istio-namespace", default_value = DEFAULT_ISTIO_NAMESPACE)]
     pub istio_namespace: String,
     /// Trust domain when the mesh config sets none (default cluster.local).
@@ -65,6 +66,7 @@ pub struct RenderArgs {
     /// A directory whose manifest.yaml and *.tera override or add to the built-in templates.
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// How the sidecar captures traffic (`ISTIO_META_INTERCEPTION_MODE`).
     #[arg(long = "interception-mode", value_enum, default_value = "none")]
     pub interception_mode: InterceptionArg,
 }

@@ -361,7 +361,7 @@ impl<S: Store> Service<S> {
                 considered: vec![format!("WorkloadGroup {group_ref} does not exist")],
             },
         };
-        if let Decision::Deny { considered } = &decision {
+        if let Decision::Deny { .. } = &decision {
             self.metrics.onboarding("denied", platform);
             self.metrics
                 .denials
@@ -371,8 +371,7 @@ impl<S: Store> Service<S> {
                 .inc();
             tracing::warn!(
                 group = %group_ref,
-                identity = ?identity,
-                rules = ?considered,
+                identity = %identity,
                 "onboarding denied: {decision}"
             );
             // What the agent learns stays inside the namespace it asked for.
@@ -468,7 +467,7 @@ impl<S: Store> Service<S> {
             }
         }
         self.metrics.onboarding("allowed", platform);
-        tracing::info!(group = %group_ref, registration = %registration, %platform, "authorized: {decision}");
+        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {decision}");
         Ok(AuthorizeResponse {
             token,
             expires_at: timestamp::format(exp),

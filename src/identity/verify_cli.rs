@@ -19,6 +19,7 @@ pub enum VerifyPlatform {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
+    /// The platform the credential comes from.
     #[arg(long, value_enum)]
     pub platform: VerifyPlatform,
     /// AWS: the instance identity document (IMDS `.../instance-identity/document`).
