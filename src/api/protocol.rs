@@ -39,9 +39,10 @@ pub struct NonceResponse {
     pub expires_at: String,
 }
 
-/// A platform credential. `type` selects the platform.
+/// A platform credential. `type` selects the platform. Unknown fields are refused, as
+/// everywhere else in the API: a misspelt optional field must not pass silently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Credential {
     /// An OIDC JWT from a trusted issuer, audience = plane UID.
     Jwt { token: String },
@@ -217,6 +218,8 @@ pub enum ErrorCode {
     InvalidRegistration,
     /// The body is larger than the endpoint accepts.
     PayloadTooLarge,
+    /// A JSON body sent without `Content-Type: application/json`.
+    UnsupportedMediaType,
     /// The credential is not well-formed (not a JWT, bad base64, ...).
     MalformedCredential,
     /// The credential's issuer is not trusted by this endpoint.
@@ -264,6 +267,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::InvalidRegistration => "invalid_registration",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MalformedCredential => "malformed_credential",
             ErrorCode::UnknownIssuer => "unknown_issuer",
             ErrorCode::WrongAudience => "wrong_audience",
@@ -292,6 +296,7 @@ impl ErrorCode {
             | ErrorCode::InvalidRegistration
             | ErrorCode::MalformedCredential => 400,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::UnknownIssuer
             | ErrorCode::WrongAudience
             | ErrorCode::CredentialExpired

@@ -342,6 +342,10 @@ fn file_store_config(cfg: &EndpointConfig) -> FileStoreConfig {
             command: None,
             expiration: None,
         }),
+        manifest_limits: workload_onboarding::store::manifests::ManifestLimits {
+            max_file_bytes: cfg.store.file.max_manifest_bytes,
+            max_documents: cfg.store.file.max_manifest_documents,
+        },
     }
 }
 

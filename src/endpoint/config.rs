@@ -363,6 +363,20 @@ pub struct FileStoreSettings {
     pub config_dir: PathBuf,
     /// Where registrations, the plane UID and the session signing key are kept.
     pub state_dir: PathBuf,
+    /// Manifest files larger than this are not read (their last good content stays).
+    /// Default 4 MiB.
+    #[serde(default = "default_manifest_bytes")]
+    pub max_manifest_bytes: u64,
+    /// Documents per manifest file (`kind: List` items included). Default 1000.
+    #[serde(default = "default_manifest_documents")]
+    pub max_manifest_documents: usize,
+}
+
+fn default_manifest_bytes() -> u64 {
+    crate::store::manifests::DEFAULT_MAX_MANIFEST_BYTES
+}
+fn default_manifest_documents() -> usize {
+    crate::store::manifests::DEFAULT_MAX_MANIFEST_DOCUMENTS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

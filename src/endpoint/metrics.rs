@@ -19,6 +19,11 @@ pub struct DenialLabels {
     pub namespace: String,
 }
 
+/// The `namespace` label of a denial whose WorkloadGroup does not exist. Any authenticated
+/// caller names the namespace it asks for, so a namespace taken from the request as is
+/// would let it grow the label set (and the endpoint's memory) without bound.
+pub const UNKNOWN_NAMESPACE: &str = "unknown";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -103,8 +108,58 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Counts an onboarding denied by policy. `group_namespace` is the namespace of the
+    /// WorkloadGroup the caller asked for when that group exists, so the label set stays
+    /// bounded by the namespaces the operator configured; `None` counts as
+    /// [`UNKNOWN_NAMESPACE`].
+    pub fn policy_denial(&self, group_namespace: Option<&str>) {
+        self.denials
+            .get_or_create(&DenialLabels {
+                namespace: group_namespace.unwrap_or(UNKNOWN_NAMESPACE).to_string(),
+            })
+            .inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial_lines(m: &Metrics) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("onboarding_policy_denials_total{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn denial_labels_are_bounded_to_known_namespaces() {
+        let m = Metrics::new();
+        // Requests for groups that do not exist, each naming a namespace of its own.
+        for _ in 0..100 {
+            m.policy_denial(None);
+        }
+        m.policy_denial(Some("bookinfo"));
+        m.policy_denial(Some("bookinfo"));
+        let lines = denial_lines(&m);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines.contains(&format!(
+                "onboarding_policy_denials_total{{namespace=\"{UNKNOWN_NAMESPACE}\"}} 100"
+            )),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"onboarding_policy_denials_total{namespace=\"bookinfo\"} 2".into()),
+            "{lines:?}"
+        );
     }
 }

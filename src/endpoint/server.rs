@@ -1,9 +1,15 @@
 //! HTTPS: warp routes served through our own tokio-rustls accept loop (warp 0.4 has no TLS),
-//! with handshake, header and request timeouts, body limits and JSON errors.
+//! with handshake, header, request and idle timeouts, body limits and JSON errors.
+//!
+//! Every connection holds one of `maxConnections` slots until it closes, so no connection
+//! may stay open doing nothing: HTTP/1.1 keep-alive connections are closed by hyper's header
+//! read timeout, and every connection (HTTP/2 included, which hyper never closes on its own)
+//! by the idle watchdog in [`serve`] once no request has been in flight for the request
+//! timeout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +37,64 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+}
+
+/// Concurrent streams one HTTP/2 connection may carry. An agent makes one call at a time; the
+/// cap keeps one client from tying up the endpoint's workers with hundreds of slow streams
+/// over a single connection slot (hyper's default is 200). Streams beyond it are refused
+/// with `REFUSED_STREAM`, which clients retry.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
+/// While a request is in flight on an HTTP/2 connection, a PING this often finds a peer that
+/// vanished without closing; no answer within the timeout closes the connection.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block accepted on HTTP/2 (hyper's default is 16 MiB); our requests carry a
+/// bearer token and a few standard headers.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+/// What the idle watchdog knows about one connection: requests in flight, and since when
+/// none has been.
+#[derive(Debug)]
+struct Activity {
+    state: Mutex<(usize, Instant)>,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            state: Mutex::new((0, Instant::now())),
+        })
+    }
+
+    /// Marks a request in flight until the returned guard is dropped.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 += 1;
+        }
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle for `timeout` if nothing happens meanwhile; `None`
+    /// while a request is in flight (the request timeout bounds that).
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.state.lock() {
+            Ok(s) if s.0 == 0 => Some(s.1 + timeout),
+            Ok(_) => None,
+            // A poisoned lock cannot tell: treat the connection as idle so it is not kept.
+            Err(_) => Some(Instant::now()),
+        }
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.0 = s.0.saturating_sub(1);
+            s.1 = Instant::now();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -67,10 +131,46 @@ fn bearer() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clo
     })
 }
 
+/// Whether a request's `Content-Type` announces JSON: `application/json`, in any case, with
+/// or without parameters; a `charset` other than UTF-8 is refused because JSON is UTF-8
+/// (RFC 8259). Anything else (no header, `text/plain`, a form) gets a message saying what
+/// to send.
+pub fn check_json_content_type(value: Option<&str>) -> Result<(), ApiError> {
+    let refuse = |what: String| ApiError {
+        code: ErrorCode::UnsupportedMediaType,
+        message: format!("{what}; send the body as JSON with Content-Type: application/json"),
+    };
+    let Some(value) = value else {
+        return Err(refuse("the request has no Content-Type".into()));
+    };
+    let mut parts = value.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(refuse(format!("Content-Type {value:?} is not JSON")));
+    }
+    for param in parts {
+        let (name, val) = param.split_once('=').unwrap_or((param, ""));
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let val = val.trim().trim_matches('"');
+            if !val.eq_ignore_ascii_case("utf-8") && !val.eq_ignore_ascii_case("utf8") {
+                return Err(refuse(format!(
+                    "Content-Type {value:?} has charset {val:?}, but JSON is UTF-8"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn json_body<T: serde::de::DeserializeOwned + Send>(
     limit: u64,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
-    warp::body::content_length_limit(limit)
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            check_json_content_type(ct.as_deref()).map_err(|e| warp::reject::custom(Failure(e)))
+        })
+        .untuple_one()
+        .and(warp::body::content_length_limit(limit))
         .and(warp::body::bytes())
         .and_then(|b: Bytes| async move {
             serde_json::from_slice::<T>(&b).map_err(|e| {
@@ -326,11 +426,15 @@ pub async fn serve<S: Store>(
                 }
             };
             let request_timeout = opts.request_timeout;
-            let svc =
+            let activity = Activity::new();
+            let svc = {
+                let activity = activity.clone();
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
                     let mut inner = warp_svc.clone();
+                    let in_flight = activity.begin();
                     async move {
+                        let _in_flight = in_flight;
                         match tokio::time::timeout(request_timeout, inner.call(req)).await {
                             Ok(r) => r,
                             Err(_) => Ok(error_reply(&ApiError {
@@ -339,15 +443,113 @@ pub async fn serve<S: Store>(
                             })),
                         }
                     }
-                });
+                })
+            };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(opts.request_timeout);
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            // The idle watchdog. "Idle" starts when the connection opens, so a client that
+            // never completes a request (no HTTP/2 preface, a header block trickled in
+            // CONTINUATION frames) is closed after the same timeout as an HTTP/1.1 client
+            // that never completes its headers. A graceful shutdown lets streams in flight
+            // finish (GOAWAY on HTTP/2); a peer that does not close gets one more request
+            // timeout before the connection is dropped.
+            let idle_timeout = opts.request_timeout;
+            let mut closing_since: Option<Instant> = None;
+            loop {
+                let wake = match closing_since {
+                    Some(t) => t + request_timeout,
+                    None => activity
+                        .idle_deadline(idle_timeout)
+                        .unwrap_or_else(|| Instant::now() + idle_timeout),
+                };
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        if closing_since.is_some() {
+                            tracing::debug!(%peer, "connection did not close after shutdown; dropped");
+                            break;
+                        }
+                        if activity
+                            .idle_deadline(idle_timeout)
+                            .is_some_and(|d| d <= Instant::now())
+                        {
+                            tracing::debug!(%peer, "closing idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing_since = Some(Instant::now());
+                        }
+                    }
+                }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_content_types_are_accepted() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert_eq!(check_json_content_type(Some(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            None,
+            Some(""),
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("application/jsonx"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/json; charset=latin1"),
+        ] {
+            let e = check_json_content_type(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::UnsupportedMediaType, "{bad:?}");
+            assert_eq!(e.code.http_status(), 415);
+            assert!(
+                e.message.contains("Content-Type: application/json"),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_without_requests_in_flight() {
+        let a = Activity::new();
+        let timeout = Duration::from_secs(30);
+        let opened = a.idle_deadline(timeout).expect("idle from the start");
+        let first = a.begin();
+        let second = a.begin();
+        assert_eq!(a.idle_deadline(timeout), None);
+        drop(first);
+        assert_eq!(a.idle_deadline(timeout), None, "one still in flight");
+        drop(second);
+        let after = a.idle_deadline(timeout).expect("idle again");
+        assert!(
+            after >= opened,
+            "the idle clock restarts when the last request ends"
+        );
     }
 }

@@ -364,11 +364,7 @@ impl<S: Store> Service<S> {
         if let Decision::Deny { .. } = &decision {
             self.metrics.onboarding("denied", platform);
             self.metrics
-                .denials
-                .get_or_create(&super::metrics::DenialLabels {
-                    namespace: group_ref.namespace.clone(),
-                })
-                .inc();
+                .policy_denial(group.as_ref().map(|g| g.metadata.namespace.as_str()));
             tracing::warn!(
                 group = %group_ref,
                 identity = %identity,

@@ -54,9 +54,10 @@ pub fn matches(m: &AzureIdentityMatcher, id: &AzureIdentity) -> Result<(), Strin
 }
 
 /// The unsigned compute metadata the agent sends beside the attested document
-/// (`Credential::Azure.instanceMetadata`).
+/// (`Credential::Azure.instanceMetadata`). Unknown fields are refused, as in the rest of the
+/// credential; the agent reads IMDS's much larger document with [`ComputeMetadata::from_imds`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ComputeMetadata {
     #[serde(default)]
     pub vm_id: String,
@@ -68,6 +69,34 @@ pub struct ComputeMetadata {
     pub name: String,
     #[serde(default)]
     pub location: String,
+}
+
+impl ComputeMetadata {
+    /// The fields we use from IMDS's `/metadata/instance/compute`, which has many more.
+    pub fn from_imds(json: &str) -> Result<ComputeMetadata, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Imds {
+            #[serde(default)]
+            vm_id: String,
+            #[serde(default)]
+            subscription_id: String,
+            #[serde(default)]
+            resource_group_name: String,
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            location: String,
+        }
+        let i: Imds = serde_json::from_str(json)?;
+        Ok(ComputeMetadata {
+            vm_id: i.vm_id,
+            subscription_id: i.subscription_id,
+            resource_group_name: i.resource_group_name,
+            name: i.name,
+            location: i.location,
+        })
+    }
 }
 
 /// The signed content of an attested document.
@@ -424,7 +453,7 @@ mod collect {
         timeout: Duration,
     ) -> Result<ComputeMetadata, AzureCollectError> {
         let body = get(base, "/metadata/instance/compute", &[], timeout)?;
-        serde_json::from_str(&body).map_err(|e| AzureCollectError {
+        ComputeMetadata::from_imds(&body).map_err(|e| AzureCollectError {
             base: base.to_string(),
             detail: format!("compute metadata: {e}"),
         })
@@ -505,5 +534,26 @@ mod tests {
             let err = matches(&m, &id()).unwrap_err();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn instance_metadata_in_a_credential_is_strict_imds_is_not() {
+        let sent = serde_json::json!({"vmId": "v", "subscriptionId": "s", "resourceGroupName": "g",
+                                     "name": "n", "location": "l"});
+        let m: ComputeMetadata = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(m.name, "n");
+        let mut extra = sent;
+        extra["nmae"] = "x".into();
+        let e = serde_json::from_value::<ComputeMetadata>(extra).unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+        // IMDS itself sends dozens of fields the agent does not forward.
+        let imds = r#"{"azEnvironment":"AzurePublicCloud","location":"westeurope","name":"vm1",
+                       "osType":"Linux","resourceGroupName":"rg","subscriptionId":"s","tags":"",
+                       "vmId":"v","vmSize":"Standard_B1s"}"#;
+        let m = ComputeMetadata::from_imds(imds).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.resource_group_name.as_str()),
+            ("vm1", "rg")
+        );
     }
 }

@@ -577,12 +577,21 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<Certificate>, CmsError> {
     Ok(certs)
 }
 
-/// Whether `cert` is valid at `now_unix`.
+/// Whether `cert` is valid at `now_unix`, give or take [`super::CLOCK_LEEWAY_SECS`]: the
+/// same clock skew the JWT checks tolerate, so a host whose clock is a few seconds off is
+/// not refused here while it would be accepted there.
 pub fn valid_at(cert: &Certificate, now_unix: i64) -> bool {
     let v = &cert.tbs_certificate.validity;
     let nb = v.not_before.to_unix_duration().as_secs() as i64;
     let na = v.not_after.to_unix_duration().as_secs() as i64;
-    nb <= now_unix && now_unix <= na
+    validity_covers(nb, na, now_unix)
+}
+
+/// The pure check behind [`valid_at`]: `[not_before, not_after]` widened by the leeway on
+/// both sides contains `now`.
+pub fn validity_covers(not_before: i64, not_after: i64, now: i64) -> bool {
+    let leeway = super::CLOCK_LEEWAY_SECS;
+    not_before.saturating_sub(leeway) <= now && now <= not_after.saturating_add(leeway)
 }
 
 /// Check that `issuer`'s key signed `cert`.
@@ -770,5 +779,35 @@ mod tests {
         let mut out = Vec::new();
         write_len(&mut out, 300);
         assert_eq!(out, vec![0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn certificate_validity_allows_the_clock_leeway_jwts_get() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["signer.example".into()]).unwrap();
+        let not_before = 1_700_000_000i64;
+        let not_after = not_before + 86_400;
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let cert = Certificate::from_der(&der).unwrap();
+        let leeway = super::super::CLOCK_LEEWAY_SECS;
+        assert_eq!(
+            leeway,
+            crate::identity::jwt::LEEWAY_SECONDS,
+            "one leeway for all"
+        );
+        // A host clock a little behind the signer's, or a document signed just before expiry.
+        assert!(valid_at(&cert, not_before - 30));
+        assert!(valid_at(&cert, not_before - leeway));
+        assert!(valid_at(&cert, not_after + leeway));
+        assert!(valid_at(&cert, not_before + 100));
+        // Beyond the leeway the certificate is not valid.
+        assert!(!valid_at(&cert, not_before - leeway - 1));
+        assert!(!valid_at(&cert, not_after + leeway + 1));
+        assert!(
+            validity_covers(i64::MIN, i64::MAX, 0),
+            "no overflow at the edges"
+        );
     }
 }

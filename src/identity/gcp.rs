@@ -17,7 +17,7 @@ pub const ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.
 /// Google's JWKS (the `jwks_uri` of its OIDC discovery document).
 pub const GOOGLE_JWKS_URI: &str = "https://www.googleapis.com/oauth2/v3/certs";
 /// Clock skew allowed on `exp` and `iat`.
-pub const LEEWAY_SECS: i64 = 60;
+pub const LEEWAY_SECS: i64 = super::CLOCK_LEEWAY_SECS;
 /// Google issues tokens valid for one hour; a longer lifetime is not a GCE token.
 pub const MAX_LIFETIME_SECS: i64 = 3600;
 

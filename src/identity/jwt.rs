@@ -29,8 +29,8 @@ use serde_json::Value;
 use super::{VerifyContext, VerifyError};
 use crate::api::identity::JwtIdentity;
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECONDS: i64 = 60;
+/// Clock skew tolerated on `exp` and `nbf`, in seconds (shared by every platform).
+pub const LEEWAY_SECONDS: i64 = super::CLOCK_LEEWAY_SECS;
 
 /// Longer tokens are refused before any parsing; real OIDC tokens are a few KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -595,23 +595,43 @@ impl UnverifiedJwt {
     }
 }
 
+/// Why no configured issuer fits a token's `iss`. The caller learns only that its `iss` is
+/// not trusted ([`VerifyError::UnknownIssuer`] through `From`); `log_hint` may name a trusted
+/// issuer and so goes to the endpoint's log only: an unauthenticated caller must not be able
+/// to discover the trusted issuer's URL by sending near misses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerNotTrusted {
+    pub iss: String,
+    pub log_hint: Option<String>,
+}
+
+impl From<IssuerNotTrusted> for VerifyError {
+    fn from(e: IssuerNotTrusted) -> VerifyError {
+        VerifyError::UnknownIssuer(e.iss)
+    }
+}
+
 /// Picks the configured issuer whose `issuer` equals `iss` exactly. When only a trailing
-/// slash differs, the error says so: it is the most common misconfiguration.
-pub fn select_issuer<'a>(issuers: &'a [Issuer], iss: &str) -> Result<&'a Issuer, VerifyError> {
+/// slash differs, the refusal carries a hint for the operator (the most common
+/// misconfiguration).
+pub fn select_issuer<'a>(issuers: &'a [Issuer], iss: &str) -> Result<&'a Issuer, IssuerNotTrusted> {
     if let Some(issuer) = issuers.iter().find(|i| i.issuer == iss) {
         return Ok(issuer);
     }
     let near = issuers
         .iter()
         .find(|i| i.issuer.trim_end_matches('/') == iss.trim_end_matches('/'));
-    Err(VerifyError::UnknownIssuer(match near {
-        Some(near) => format!(
-            "{iss} (the trusted issuer {} differs only by a trailing slash; `iss` must match \
-             the configured issuer exactly, so fix the endpoint's config to the token's value)",
-            near.issuer
-        ),
-        None => iss.to_owned(),
-    }))
+    Err(IssuerNotTrusted {
+        iss: iss.to_owned(),
+        log_hint: near.map(|near| {
+            format!(
+                "a token's iss {iss:?} differs from the trusted issuer {:?} only by a trailing \
+                 slash; `iss` must match the configured issuer exactly, so if this token's \
+                 issuer is meant to be trusted, configure it with the token's value",
+                near.issuer
+            )
+        }),
+    })
 }
 
 /// A token that verified: the identity for the WAR and policy, and the issuer's short name
@@ -1130,7 +1150,12 @@ impl JwtVerifier {
     ) -> Result<VerifiedJwt, VerifyError> {
         let unverified = UnverifiedJwt::parse(token)?;
         // Only a configured issuer is ever contacted: the token's `iss` merely selects one.
-        let issuer = select_issuer(&self.inner.plain, &unverified.issuer)?;
+        let issuer = select_issuer(&self.inner.plain, &unverified.issuer).map_err(|e| {
+            if let Some(hint) = &e.log_hint {
+                tracing::warn!("{hint}");
+            }
+            VerifyError::from(e)
+        })?;
         let entry = self
             .inner
             .issuers
@@ -1516,16 +1541,40 @@ mod tests {
     }
 
     #[test]
-    fn trailing_slash_mismatch_is_explained() {
+    fn trailing_slash_mismatch_is_explained_in_the_log_not_the_answer() {
         let token = sign(
             "trusted-rs256",
             Some("trusted-rs256"),
             &with(claims(), "iss", json!(format!("{ISS}/"))),
         );
+        // The caller learns that its own iss is not trusted, and nothing about the trusted one.
         match check(&token) {
-            Err(VerifyError::UnknownIssuer(m)) => assert!(m.contains("trailing slash"), "{m}"),
+            Err(e @ VerifyError::UnknownIssuer(_)) => {
+                let shown = e.to_string();
+                assert!(shown.contains(&format!("{ISS}/")), "{shown}");
+                assert!(
+                    !shown.replace(&format!("{ISS}/"), "").contains(ISS),
+                    "the trusted issuer leaks: {shown}"
+                );
+                assert!(!shown.contains("trailing slash"), "{shown}");
+            }
             other => panic!("{other:?}"),
         }
+        // The operator's hint is there, for the log.
+        let v = verifier();
+        let issuers = v.issuers();
+        let refused = select_issuer(issuers, &format!("{ISS}/")).unwrap_err();
+        let hint = refused.log_hint.clone().expect("a hint for the log");
+        assert!(
+            hint.contains("trailing slash") && hint.contains(ISS),
+            "{hint}"
+        );
+        assert_eq!(
+            VerifyError::from(refused),
+            VerifyError::UnknownIssuer(format!("{ISS}/"))
+        );
+        let far = select_issuer(issuers, "https://elsewhere.example").unwrap_err();
+        assert_eq!(far.log_hint, None);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub mod simulator;
 #[cfg(feature = "endpoint")]
 pub mod verify_cli;
 
+/// Clock skew tolerated between the host's credential issuer and the endpoint, in seconds:
+/// the same for every time check (JWT `exp`/`nbf`/`iat`, certificate validity in PKCS#7
+/// chains), so that a clock a little off refuses no platform sooner than another.
+pub const CLOCK_LEEWAY_SECS: i64 = 60;
+
 /// What a verifier needs to know about the request, besides the credential.
 #[derive(Debug, Clone)]
 pub struct VerifyContext {

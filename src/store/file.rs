@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifests::{self, FileResources, Index, Problem};
+use super::manifests::{self, FileResources, Index, ManifestLimits, Problem};
 use super::{IstioToken, Store, StoreError};
 use crate::api::istio::{Sidecar, WorkloadEntry, WorkloadGroup};
 use crate::api::policy::OnboardingPolicy;
@@ -44,19 +45,48 @@ pub struct FileStoreConfig {
     pub state_dir: PathBuf,
     pub istio_namespace: String,
     pub istio_token: IstioTokenSource,
+    /// Bounds on each manifest file (size, documents).
+    pub manifest_limits: ManifestLimits,
 }
 
 struct Inputs {
     /// Last good parse of each file.
     files: BTreeMap<PathBuf, FileResources>,
+    /// What each file held when last looked at (good or bad): a file that looks the same is
+    /// neither parsed nor reported again.
+    seen: BTreeMap<PathBuf, Seen>,
     index: Index,
     loaded: bool,
+}
+
+/// The state of one manifest file, as far as telling a change goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// SHA-256 of the content.
+    Content([u8; 32]),
+    /// Over the size limit: (size, modification time), which is all that was looked at.
+    TooLarge(u64, Option<SystemTime>),
+    /// Could not be read; the message.
+    Unreadable(String),
+}
+
+/// What one pass over the config directory found.
+#[derive(Debug, Clone, Default)]
+pub struct Reloaded {
+    /// Whether any manifest was added, removed or changed since the last pass (always true
+    /// for the first one). A pass that changed nothing replaced nothing.
+    pub changed: bool,
+    /// Problems of the files that changed (a file that did not change is not reported
+    /// again), and of the index when something changed.
+    pub problems: Vec<Problem>,
 }
 
 #[derive(Clone)]
 pub struct FileStore {
     cfg: Arc<FileStoreConfig>,
     inputs: Arc<RwLock<Inputs>>,
+    /// Passes that changed something, for tests and logs.
+    reloads: Arc<AtomicU64>,
 }
 
 impl FileStore {
@@ -80,10 +110,12 @@ impl FileStore {
         let store = FileStore {
             inputs: Arc::new(RwLock::new(Inputs {
                 files: BTreeMap::new(),
+                seen: BTreeMap::new(),
                 index: Index::default(),
                 loaded: false,
             })),
             cfg: Arc::new(cfg),
+            reloads: Arc::new(AtomicU64::new(0)),
         };
         let problems = store.reload();
         Ok((store, problems))
@@ -93,63 +125,127 @@ impl FileStore {
         &self.cfg.config_dir
     }
 
-    /// Re-reads the config directory. A file that fails to parse keeps its last good
-    /// content; a deleted file's resources go away.
+    /// Re-reads the config directory and returns the problems of the files that changed.
+    /// A file that fails to parse or is over the limits keeps its last good content; a
+    /// deleted file's resources go away.
     pub fn reload(&self) -> Vec<Problem> {
+        self.refresh().problems
+    }
+
+    /// How many passes over the config directory changed something (the first load
+    /// included).
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// One pass over the config directory: files whose content is what it was are neither
+    /// parsed nor reported again, and when nothing changed the index is left as it is.
+    pub fn refresh(&self) -> Reloaded {
+        let limits = self.cfg.manifest_limits;
         let mut problems = Vec::new();
         let mut paths = Vec::new();
-        collect_manifest_paths(&self.cfg.config_dir, &mut paths, &mut problems);
-        let previous = self
+        let mut listing = Vec::new();
+        collect_manifest_paths(&self.cfg.config_dir, &mut paths, &mut listing);
+        let (previous, previously_seen, loaded) = self
             .inputs
             .read()
-            .map(|i| i.files.clone())
+            .map(|i| (i.files.clone(), i.seen.clone(), i.loaded))
             .unwrap_or_default();
+        let mut changed = !loaded;
         let mut files = BTreeMap::new();
+        let mut seen = BTreeMap::new();
+        // A directory that cannot be listed is reported when it becomes so, like a file.
+        for p in listing {
+            let now = Seen::Unreadable(p.message.clone());
+            if previously_seen.get(&p.file) != Some(&now) {
+                changed = true;
+                problems.push(p.clone());
+            }
+            seen.insert(p.file, now);
+        }
         for path in paths {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    problems.push(Problem {
+            let keep_last_good = |files: &mut BTreeMap<PathBuf, FileResources>,
+                                  ps: &mut Vec<Problem>| {
+                if let Some(old) = previous.get(&path) {
+                    ps.push(Problem {
                         file: path.clone(),
                         line: None,
-                        message: format!("cannot read: {e}"),
-                        is_error: true,
+                        message: "keeping this file's last good content".into(),
+                        is_error: false,
                     });
-                    if let Some(old) = previous.get(&path) {
-                        files.insert(path, old.clone());
-                    }
-                    continue;
+                    files.insert(path.clone(), old.clone());
                 }
             };
-            let (res, mut ps) = manifests::parse_file(&path, &text);
-            match res {
-                Ok(r) => {
-                    files.insert(path, r);
+            let (now, text) = match read_manifest(&path, &limits) {
+                Ok(ManifestRead::Text(text)) => {
+                    use sha2::{Digest, Sha256};
+                    (
+                        Seen::Content(Sha256::digest(text.as_bytes()).into()),
+                        Some(text),
+                    )
                 }
-                Err(()) => {
-                    if let Some(old) = previous.get(&path) {
-                        ps.push(Problem {
-                            file: path.clone(),
-                            line: None,
-                            message: "keeping this file's last good content".into(),
-                            is_error: false,
-                        });
-                        files.insert(path, old.clone());
+                Ok(ManifestRead::TooLarge(size, mtime)) => (Seen::TooLarge(size, mtime), None),
+                Err(message) => (Seen::Unreadable(message), None),
+            };
+            if previously_seen.get(&path) == Some(&now) {
+                // Unchanged since the last pass: same resources, nothing new to say.
+                if let Some(old) = previous.get(&path) {
+                    files.insert(path.clone(), old.clone());
+                }
+                seen.insert(path, now);
+                continue;
+            }
+            changed = true;
+            let mut ps = Vec::new();
+            match (&now, text) {
+                (_, Some(text)) => {
+                    let (res, file_problems) = manifests::parse_file_with(&path, &text, &limits);
+                    ps.extend(file_problems);
+                    match res {
+                        Ok(r) => {
+                            files.insert(path.clone(), r);
+                        }
+                        Err(()) => keep_last_good(&mut files, &mut ps),
                     }
                 }
+                (Seen::TooLarge(size, _), None) => {
+                    ps.push(manifests::too_large(&path, *size, &limits));
+                    keep_last_good(&mut files, &mut ps);
+                }
+                (Seen::Unreadable(message), None) => {
+                    ps.push(Problem {
+                        file: path.clone(),
+                        line: None,
+                        message: message.clone(),
+                        is_error: true,
+                    });
+                    keep_last_good(&mut files, &mut ps);
+                }
+                (Seen::Content(_), None) => {}
             }
             problems.extend(ps);
+            seen.insert(path, now);
+        }
+        // A file that went away.
+        changed |= previously_seen.keys().any(|p| !seen.contains_key(p));
+        if !changed {
+            return Reloaded::default();
         }
         let (index, dups) = Index::build(&files, &self.cfg.istio_namespace);
         problems.extend(dups);
         if let Ok(mut inputs) = self.inputs.write() {
             *inputs = Inputs {
                 files,
+                seen,
                 index,
                 loaded: true,
             };
         }
-        problems
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Reloaded {
+            changed: true,
+            problems,
+        }
     }
 
     fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> Option<T> {
@@ -334,6 +430,42 @@ pub struct Recovery {
     pub orphans_removed: usize,
     /// What could not be repaired (logged by the caller; the rest went on).
     pub problems: Vec<String>,
+}
+
+/// A manifest file's content, or why it was not read.
+enum ManifestRead {
+    Text(String),
+    /// Over the limit: its size and modification time.
+    TooLarge(u64, Option<SystemTime>),
+}
+
+/// Reads a manifest if it is within the size limit. The size is checked before reading and
+/// the read itself is bounded, because a file can grow between the two.
+fn read_manifest(path: &Path, limits: &ManifestLimits) -> Result<ManifestRead, String> {
+    use std::io::Read;
+    // metadata() first, so that a FIFO dropped into the directory is not opened (which
+    // would block the reload until a writer appears).
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file; not read".into());
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Ok(ManifestRead::TooLarge(meta.len(), meta.modified().ok()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limits.max_file_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        let size = std::fs::metadata(path)
+            .map(|m| m.len())
+            .unwrap_or(bytes.len() as u64);
+        return Ok(ManifestRead::TooLarge(size, None));
+    }
+    String::from_utf8(bytes)
+        .map(ManifestRead::Text)
+        .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
 fn collect_manifest_paths(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
@@ -603,33 +735,7 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(v.get("exp")?.as_u64()?))
 }
 
-/// Watches the config directory and reloads on change. Runs until the returned watcher is
-/// dropped; `on_reload` gets the problems of each reload.
-pub fn watch(
-    store: FileStore,
-    on_reload: impl Fn(Vec<Problem>) + Send + 'static,
-) -> Result<notify::RecommendedWatcher, notify::Error> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(store.config_dir(), RecursiveMode::Recursive)?;
-    std::thread::Builder::new()
-        .name("config-watch".into())
-        .spawn(move || {
-            while rx.recv().is_ok() {
-                // Editors and `kubectl cp` write in several steps: let a burst settle.
-                std::thread::sleep(Duration::from_millis(150));
-                while rx.try_recv().is_ok() {}
-                on_reload(store.reload());
-            }
-        })
-        .map_err(|e| notify::Error::generic(&e.to_string()))?;
-    Ok(watcher)
-}
+pub use super::watch::watch;
 
 #[cfg(test)]
 mod tests {
@@ -650,6 +756,7 @@ mod tests {
                 ]),
                 expiration: None,
             },
+            manifest_limits: ManifestLimits::default(),
         })
         .unwrap()
         .0
@@ -898,5 +1005,108 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         );
         assert_eq!(jwt_expiry("not-a-jwt"), None);
+    }
+
+    fn store_with_limits(dir: &Path, limits: ManifestLimits) -> FileStore {
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        FileStore::open(FileStoreConfig {
+            config_dir: dir.join("config"),
+            state_dir: dir.join("state"),
+            istio_namespace: "istio-system".into(),
+            istio_token: IstioTokenSource {
+                file: None,
+                command: None,
+                expiration: None,
+            },
+            manifest_limits: limits,
+        })
+        .unwrap()
+        .0
+    }
+
+    const WG_A: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: a, namespace: n}\nspec: {template: {}}\n";
+
+    #[test]
+    fn oversized_manifest_is_refused_by_name_and_keeps_last_good_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = ManifestLimits {
+            max_file_bytes: 4096,
+            max_documents: 1000,
+        };
+        let s = store_with_limits(dir.path(), limits);
+        let f = dir.path().join("config/wg.yaml");
+        std::fs::write(&f, WG_A).unwrap();
+        assert!(s.reload().iter().all(|p| !p.is_error));
+        assert!(s.workload_group("n", "a").is_some());
+
+        // The same group, padded past the limit with a comment: not parsed at all.
+        let big = format!(
+            "{}#{}\n",
+            WG_A.replace("name: a", "name: b"),
+            "x".repeat(8192)
+        );
+        std::fs::write(&f, &big).unwrap();
+        let problems = s.reload();
+        let err = problems.iter().find(|p| p.is_error).expect("an error");
+        assert_eq!(err.file, f);
+        assert!(
+            err.message.contains(&format!("{} bytes", big.len()))
+                && err.message.contains("4096")
+                && err.message.contains("maxManifestBytes"),
+            "{err}"
+        );
+        assert!(
+            s.workload_group("n", "a").is_some(),
+            "last good content stays"
+        );
+        assert!(s.workload_group("n", "b").is_none());
+        assert!(s.reload().is_empty(), "reported once, not on every pass");
+
+        // Back within the limit: read again.
+        std::fs::write(&f, WG_A.replace("name: a", "name: b")).unwrap();
+        assert!(s.reload().iter().all(|p| !p.is_error));
+        assert!(s.workload_group("n", "b").is_some());
+    }
+
+    #[test]
+    fn a_file_growing_past_the_limit_is_read_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.yaml");
+        std::fs::write(&f, "x".repeat(100)).unwrap();
+        let limits = ManifestLimits {
+            max_file_bytes: 10,
+            max_documents: 10,
+        };
+        assert!(matches!(
+            read_manifest(&f, &limits),
+            Ok(ManifestRead::TooLarge(100, _))
+        ));
+        let roomy = ManifestLimits {
+            max_file_bytes: 1000,
+            max_documents: 10,
+        };
+        assert!(matches!(read_manifest(&f, &roomy), Ok(ManifestRead::Text(t)) if t.len() == 100));
+        assert!(
+            read_manifest(dir.path(), &roomy).is_err(),
+            "a directory is no manifest"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_directory_is_no_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_limits(dir.path(), ManifestLimits::default());
+        let f = dir.path().join("config/wg.yaml");
+        std::fs::write(&f, WG_A).unwrap();
+        assert!(s.refresh().changed);
+        let n = s.reload_count();
+        assert!(!s.refresh().changed);
+        std::fs::write(&f, WG_A).unwrap(); // rewritten, same bytes
+        assert!(!s.refresh().changed);
+        assert_eq!(s.reload_count(), n);
+        std::fs::remove_file(&f).unwrap();
+        assert!(s.refresh().changed, "a removal is a change");
+        assert!(s.workload_group("n", "a").is_none());
+        assert_eq!(s.reload_count(), n + 1);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::istio::{self, Sidecar, WorkloadGroup};
 use crate::api::meta::{ObjectMeta, TypeMeta};
@@ -60,11 +61,117 @@ impl From<YamlError> for Problem {
     }
 }
 
-/// Parses one manifest file. `Err` carries the problems that make the file unusable.
+/// How much one manifest file may hold. A manifest directory is edited by people and tools,
+/// and one runaway file (a log appended to, a dump of a whole cluster) must not cost the
+/// endpoint seconds of parsing and gigabytes of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestLimits {
+    /// Larger files are not read (the last good content stays in force).
+    pub max_file_bytes: u64,
+    /// Documents per file, `kind: List` items included.
+    pub max_documents: usize,
+}
+
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_MANIFEST_DOCUMENTS: usize = 1000;
+
+impl Default for ManifestLimits {
+    fn default() -> Self {
+        ManifestLimits {
+            max_file_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_documents: DEFAULT_MAX_MANIFEST_DOCUMENTS,
+        }
+    }
+}
+
+/// The error for a file over [`ManifestLimits::max_file_bytes`].
+pub fn too_large(path: &Path, size: u64, limits: &ManifestLimits) -> Problem {
+    Problem {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!(
+            "the file is {size} bytes; manifests over {} bytes are not read \
+             (store.file.maxManifestBytes): split it or raise the limit",
+            limits.max_file_bytes
+        ),
+        is_error: true,
+    }
+}
+
+/// `kubectl get -o yaml` of several objects: `kind: List` with the objects in `items`.
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    items: Vec<serde_json::Value>,
+}
+
+/// Where one object of a file comes from: a document of its own, or an item of a `List`
+/// document (whose errors name the item, since the parser's lines are the List's).
+enum Source<'a> {
+    Document(&'a yaml::Document<'a>),
+    ListItem {
+        value: &'a serde_json::Value,
+        index: usize,
+        line: u64,
+    },
+}
+
+impl Source<'_> {
+    fn line(&self) -> u64 {
+        match self {
+            Source::Document(d) => d.line_offset + 1,
+            Source::ListItem { line, .. } => *line,
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&self, path: &Path) -> Result<T, Problem> {
+        match self {
+            Source::Document(d) => d.parse(path).map_err(Problem::from),
+            Source::ListItem { value, index, line } => T::deserialize(*value).map_err(|e| {
+                let name = value
+                    .pointer("/metadata/name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                Problem {
+                    file: path.to_path_buf(),
+                    line: Some(*line),
+                    message: format!("List items[{index}] {name:?}: {e}"),
+                    is_error: true,
+                }
+            }),
+        }
+    }
+}
+
+/// Parses one manifest file with the default [`ManifestLimits`].
 pub fn parse_file(path: &Path, text: &str) -> (Result<FileResources, ()>, Vec<Problem>) {
+    parse_file_with(path, text, &ManifestLimits::default())
+}
+
+/// Parses one manifest file. `Err` carries the problems that make the file unusable.
+pub fn parse_file_with(
+    path: &Path,
+    text: &str,
+    limits: &ManifestLimits,
+) -> (Result<FileResources, ()>, Vec<Problem>) {
     let mut out = FileResources::default();
     let mut problems = Vec::new();
-    for doc in yaml::documents(text) {
+    let too_many = |count: usize| Problem {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!(
+            "the file holds {count} or more documents (List items included); at most {} are \
+             read per file (store.file.maxManifestDocuments): split it or raise the limit",
+            limits.max_documents
+        ),
+        is_error: true,
+    };
+    let docs = yaml::documents(text);
+    if docs.len() > limits.max_documents {
+        return (Err(()), vec![too_many(docs.len())]);
+    }
+    let mut objects = 0usize;
+    for doc in &docs {
         let tm: TypeMeta = match doc.parse(path) {
             Ok(t) => t,
             Err(e) => {
@@ -72,80 +179,43 @@ pub fn parse_file(path: &Path, text: &str) -> (Result<FileResources, ()>, Vec<Pr
                 continue;
             }
         };
-        let line = Some(doc.line_offset + 1);
-        let warn = |message: String| Problem {
-            file: path.to_path_buf(),
-            line,
-            message,
-            is_error: false,
-        };
-        let err = |message: String| Problem {
-            file: path.to_path_buf(),
-            line,
-            message,
-            is_error: true,
-        };
-        match tm.kind.as_str() {
-            "WorkloadGroup" | "Sidecar" if !istio::is_networking_api_version(&tm.api_version) => {
-                problems.push(err(format!(
-                    "{} has apiVersion {:?}; expected networking.istio.io/v1, v1beta1 or v1alpha3",
-                    tm.kind, tm.api_version
-                )))
-            }
-            "WorkloadGroup" => match doc.parse::<WorkloadGroup>(path) {
-                Ok(mut wg) => {
-                    default_namespace(&mut wg.metadata);
-                    if wg.metadata.name.is_empty() {
-                        problems.push(err("WorkloadGroup has no metadata.name".into()));
-                    } else {
-                        out.workload_groups.push(wg);
-                    }
-                }
-                Err(e) => problems.push(e.into()),
-            },
-            "Sidecar" => match doc.parse::<Sidecar>(path) {
-                Ok(mut sc) => {
-                    default_namespace(&mut sc.metadata);
-                    out.sidecars.push(sc);
-                }
-                Err(e) => problems.push(e.into()),
-            },
-            "OnboardingPolicy" => {
-                if tm.api_version != policy::API_VERSION {
-                    problems.push(err(format!(
-                        "OnboardingPolicy has apiVersion {:?}; expected {}",
-                        tm.api_version,
-                        policy::API_VERSION
-                    )));
+        if tm.kind == "List" && tm.api_version == "v1" {
+            let list: List = match doc.parse(path) {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(e.into());
                     continue;
                 }
-                match doc.parse::<OnboardingPolicy>(path) {
-                    Ok(mut p) => {
-                        default_namespace(&mut p.metadata);
-                        if let Err(issues) = crate::policy::validate(&p) {
-                            problems.push(warn(format!(
-                                "OnboardingPolicy {}/{} allows nothing until fixed: {}",
-                                p.metadata.namespace,
-                                p.metadata.name,
-                                issues.join("; ")
-                            )));
-                        }
-                        out.policies.push(p);
-                    }
-                    Err(e) => problems.push(e.into()),
+            };
+            objects += list.items.len();
+            if objects > limits.max_documents {
+                return (Err(()), vec![too_many(objects)]);
+            }
+            for (index, value) in list.items.iter().enumerate() {
+                let src = Source::ListItem {
+                    value,
+                    index,
+                    line: doc.line_offset + 1,
+                };
+                match serde_json::from_value::<TypeMeta>(value.clone()) {
+                    Ok(tm) if tm.kind == "List" => problems.push(Problem {
+                        file: path.to_path_buf(),
+                        line: Some(src.line()),
+                        message: format!("List items[{index}] is a List itself; not read"),
+                        is_error: true,
+                    }),
+                    Ok(tm) => add_object(path, &tm, &src, &mut out, &mut problems),
+                    Err(e) => problems.push(Problem {
+                        file: path.to_path_buf(),
+                        line: Some(src.line()),
+                        message: format!("List items[{index}] is not an object: {e}"),
+                        is_error: true,
+                    }),
                 }
             }
-            "ConfigMap" => match doc.parse::<ConfigMap>(path) {
-                Ok(mut cm) => {
-                    default_namespace(&mut cm.metadata);
-                    out.config_maps.push(cm);
-                }
-                Err(e) => problems.push(e.into()),
-            },
-            "" => problems.push(err("document has no kind".into())),
-            other => problems.push(warn(format!(
-                "kind {other:?} is not read by the onboarding endpoint; skipped"
-            ))),
+        } else {
+            objects += 1;
+            add_object(path, &tm, &Source::Document(doc), &mut out, &mut problems);
         }
     }
     problems.extend(check_names(path, &mut out));
@@ -206,6 +276,91 @@ fn check_names(path: &Path, out: &mut FileResources) -> Vec<Problem> {
     out.config_maps
         .retain(|cm| keep("ConfigMap", &cm.metadata, &[]));
     problems
+}
+
+/// Reads one object (`tm` says what it is) into `out`.
+fn add_object(
+    path: &Path,
+    tm: &TypeMeta,
+    src: &Source<'_>,
+    out: &mut FileResources,
+    problems: &mut Vec<Problem>,
+) {
+    let line = Some(src.line());
+    let warn = |message: String| Problem {
+        file: path.to_path_buf(),
+        line,
+        message,
+        is_error: false,
+    };
+    let err = |message: String| Problem {
+        file: path.to_path_buf(),
+        line,
+        message,
+        is_error: true,
+    };
+    match tm.kind.as_str() {
+        "WorkloadGroup" | "Sidecar" if !istio::is_networking_api_version(&tm.api_version) => {
+            problems.push(err(format!(
+                "{} has apiVersion {:?}; expected networking.istio.io/v1, v1beta1 or v1alpha3",
+                tm.kind, tm.api_version
+            )))
+        }
+        "WorkloadGroup" => match src.parse::<WorkloadGroup>(path) {
+            Ok(mut wg) => {
+                default_namespace(&mut wg.metadata);
+                if wg.metadata.name.is_empty() {
+                    problems.push(err("WorkloadGroup has no metadata.name".into()));
+                } else {
+                    out.workload_groups.push(wg);
+                }
+            }
+            Err(e) => problems.push(e),
+        },
+        "Sidecar" => match src.parse::<Sidecar>(path) {
+            Ok(mut sc) => {
+                default_namespace(&mut sc.metadata);
+                out.sidecars.push(sc);
+            }
+            Err(e) => problems.push(e),
+        },
+        "OnboardingPolicy" => {
+            if tm.api_version != policy::API_VERSION {
+                problems.push(err(format!(
+                    "OnboardingPolicy has apiVersion {:?}; expected {}",
+                    tm.api_version,
+                    policy::API_VERSION
+                )));
+                return;
+            }
+            match src.parse::<OnboardingPolicy>(path) {
+                Ok(mut p) => {
+                    default_namespace(&mut p.metadata);
+                    if let Err(issues) = crate::policy::validate(&p) {
+                        problems.push(warn(format!(
+                            "OnboardingPolicy {}/{} allows nothing until fixed: {}",
+                            p.metadata.namespace,
+                            p.metadata.name,
+                            issues.join("; ")
+                        )));
+                    }
+                    out.policies.push(p);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        "ConfigMap" => match src.parse::<ConfigMap>(path) {
+            Ok(mut cm) => {
+                default_namespace(&mut cm.metadata);
+                out.config_maps.push(cm);
+            }
+            Err(e) => problems.push(e),
+        },
+        "" => problems.push(err("document has no kind".into())),
+        other => problems.push(warn(format!(
+            "kind {other:?} is not read by the onboarding endpoint; skipped"
+        ))),
+    }
 }
 
 fn default_namespace(meta: &mut ObjectMeta) {
@@ -476,5 +631,153 @@ metadata: {name: x}
         assert_eq!(a, stable_uid("WorkloadGroup", "ns", "n"));
         assert_ne!(a, stable_uid("WorkloadGroup", "ns", "m"));
         assert_eq!(a.len(), 36);
+    }
+
+    /// `kubectl get workloadgroups,onboardingpolicies,configmaps -n bookinfo -o yaml`, as
+    /// kubectl 1.30 prints it (server-set metadata, last-applied annotations, managedFields).
+    const KUBECTL_LIST: &str = r#"apiVersion: v1
+items:
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"networking.istio.io/v1","kind":"WorkloadGroup","metadata":{"annotations":{},"labels":{"app":"ratings"},"name":"ratings","namespace":"bookinfo"},"spec":{"metadata":{"labels":{"app":"ratings"}},"template":{"serviceAccount":"ratings-vm","network":"vm-network","ports":{"http":8080}}}}
+    creationTimestamp: "2024-05-02T10:11:12Z"
+    generation: 1
+    labels:
+      app: ratings
+    managedFields:
+    - apiVersion: networking.istio.io/v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:metadata:
+          f:annotations:
+            .: {}
+            f:kubectl.kubernetes.io/last-applied-configuration: {}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: "2024-05-02T10:11:12Z"
+    name: ratings
+    namespace: bookinfo
+    resourceVersion: "4711"
+    uid: 6a1f3c2e-0b7d-4c1e-9f5a-2d8e7b3c4a10
+  spec:
+    metadata:
+      labels:
+        app: ratings
+    template:
+      network: vm-network
+      ports:
+        http: 8080
+      serviceAccount: ratings-vm
+- apiVersion: authorization.onboarding.tetrate.io/v1alpha1
+  kind: OnboardingPolicy
+  metadata:
+    creationTimestamp: "2024-05-02T10:11:13Z"
+    generation: 1
+    name: allow-vms
+    namespace: bookinfo
+    resourceVersion: "4712"
+    uid: 0c9d7e1a-3b2f-4e5d-8a6b-1f2e3d4c5b6a
+  spec:
+    allow:
+    - onboardTo:
+      - workloadGroupSelector:
+          matchLabels:
+            app: ratings
+      workloads:
+      - jwt:
+          issuer: https://idp.example
+- apiVersion: v1
+  data:
+    root-cert.pem: |
+      -----BEGIN CERTIFICATE-----
+      ROOT
+      -----END CERTIFICATE-----
+  kind: ConfigMap
+  metadata:
+    annotations:
+      kubernetes.io/description: Contains a CA bundle that can be used to verify the kube-apiserver
+        when using internal endpoints such as the internal service IP or kubernetes.default.svc.
+    creationTimestamp: "2024-05-01T08:00:00Z"
+    labels:
+      istio.io/config: "true"
+    name: istio-ca-root-cert
+    namespace: bookinfo
+    resourceVersion: "1200"
+    uid: 7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+    #[test]
+    fn kubectl_list_output_loads_every_item() {
+        let (res, problems) = parse_file(Path::new("exported.yaml"), KUBECTL_LIST);
+        assert!(problems.is_empty(), "{problems:?}");
+        let res = res.unwrap();
+        assert_eq!(res.workload_groups.len(), 1);
+        assert_eq!(res.policies.len(), 1);
+        assert_eq!(res.config_maps.len(), 1);
+        let files = BTreeMap::from([(PathBuf::from("exported.yaml"), res)]);
+        let (ix, _) = Index::build(&files, "istio-system");
+        let wg = ix.workload_group("bookinfo", "ratings").unwrap();
+        assert_eq!(
+            wg.metadata.uid.as_deref(),
+            Some("6a1f3c2e-0b7d-4c1e-9f5a-2d8e7b3c4a10"),
+            "the cluster's UID is kept"
+        );
+        assert_eq!(ix.policies("bookinfo")[0].metadata.name, "allow-vms");
+        assert!(ix.root_cert("bookinfo").unwrap().contains("ROOT"));
+    }
+
+    #[test]
+    fn a_bad_list_item_is_named_and_fails_the_file() {
+        let text =
+            KUBECTL_LIST.replace("      serviceAccount: ratings-vm", "      serviceAcount: x");
+        let (res, problems) = parse_file(Path::new("exported.yaml"), &text);
+        assert!(res.is_err());
+        let p = problems.iter().find(|p| p.is_error).unwrap();
+        assert!(
+            p.message.contains("items[0]")
+                && p.message.contains("ratings")
+                && p.message.contains("serviceAcount"),
+            "{p}"
+        );
+        assert_eq!(p.line, Some(1));
+    }
+
+    #[test]
+    fn document_count_is_bounded() {
+        let limits = ManifestLimits {
+            max_file_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_documents: 3,
+        };
+        let doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+        let three = [doc; 3].join("---\n");
+        assert!(
+            parse_file_with(Path::new("ok.yaml"), &three, &limits)
+                .0
+                .is_ok()
+        );
+        let four = [doc; 4].join("---\n");
+        let (res, problems) = parse_file_with(Path::new("many.yaml"), &four, &limits);
+        assert!(res.is_err());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, Path::new("many.yaml"));
+        assert!(problems[0].message.contains("at most 3"), "{}", problems[0]);
+        // List items count too.
+        let items: String = (0..4)
+            .map(|i| format!("- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: c{i}}}}}\n"))
+            .collect();
+        let list = format!("apiVersion: v1\nkind: List\nitems:\n{items}");
+        let (res, problems) = parse_file_with(Path::new("list.yaml"), &list, &limits);
+        assert!(res.is_err());
+        assert!(
+            problems[0].message.contains("List items included"),
+            "{}",
+            problems[0]
+        );
     }
 }

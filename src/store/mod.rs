@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod manifests;
+pub mod watch;
 
 use std::future::Future;
 use std::time::SystemTime;

@@ -17,9 +17,10 @@ use crate::api::identity::{AwsIdentity, EcsIdentity, IamRole};
 pub const AUDIENCE_HEADER: &str = "x-onboarding-audience";
 pub const GET_CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
-/// The signed request the agent sends (`Credential::AwsEcs.signedRequest`).
+/// The signed request the agent sends (`Credential::AwsEcs.signedRequest`). Unknown fields
+/// are refused, as in the rest of the credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedStsRequest {
     pub method: String,
     /// `https://sts.<region>.amazonaws.com/` (or the configured STS address).
@@ -412,5 +413,16 @@ mod tests {
                 .contains("task-2")
         );
         assert!(identity_from(&a, None).is_err());
+    }
+
+    #[test]
+    fn a_signed_request_with_unknown_fields_is_refused() {
+        let ok = serde_json::json!({"method": "POST", "url": "https://sts.amazonaws.com/",
+                                   "headers": [["host", "sts.amazonaws.com"]], "body": ""});
+        assert!(serde_json::from_value::<SignedStsRequest>(ok.clone()).is_ok());
+        let mut extra = ok;
+        extra["bdy"] = "x".into();
+        let e = serde_json::from_value::<SignedStsRequest>(extra).unwrap_err();
+        assert!(e.to_string().contains("bdy"), "{e}");
     }
 }
