@@ -109,7 +109,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     let bootstrap = renderer.render(&input)?;
     for (spec, file) in renderer.files().iter().zip(&bootstrap.files) {
         let dest = args.output.join(&spec.name);
-        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode)?;
+        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode.bits())?;
     }
     crate::atomic::write_file(
         &args.output.join("hosts"),
