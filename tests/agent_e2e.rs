@@ -875,6 +875,9 @@ fn endpoint_text_cannot_forge_log_lines() {
     wait_for("a failed onboarding", Duration::from_secs(20), || {
         agent.log().contains("onboarding failed")
     });
+    wait_for("the error in the state file", Duration::from_secs(10), || {
+        agent.state()["lastError"].is_string()
+    });
     let log = agent.log();
     assert!(!log.contains('\u{1b}'), "{log}");
     assert!(!log.contains("\n2099-01-01"), "{log}");

@@ -255,7 +255,7 @@ fn survey(
 ) -> Result<Vec<Found>, SafeFsError> {
     files
         .iter()
-        .map(|f| {
+        .map(|f| -> Result<Found, SafeFsError> {
             let (parent, name) = split(&f.path);
             let Some(dir) = top.walk(parent, None)? else {
                 return Ok(Found {
@@ -650,6 +650,7 @@ pub fn remove_stale_temps(root: &Path, files: &[BootstrapFile]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn file(path: &str, mode: u32, content: &str, restart: bool) -> BootstrapFile {
         BootstrapFile {
@@ -760,8 +761,9 @@ mod tests {
         // The public files' directories are open; the token's are not (it has no owner
         // here, so they are root's alone), and the generation itself is traversable only.
         let real = |rel: &str| std::fs::canonicalize(target_path(root, rel).unwrap()).unwrap();
-        let env_dir = real("/var/lib/istio/envoy/cluster.env");
-        let generation = env_dir.ancestors().nth(4).unwrap().to_path_buf();
+        // <generation>/var/lib/istio/envoy/cluster.env
+        let env = real("/var/lib/istio/envoy/cluster.env");
+        let generation = env.ancestors().nth(5).unwrap().to_path_buf();
         assert!(
             generation.starts_with(root.join(GENERATIONS_DIR)),
             "{generation:?}"
@@ -791,7 +793,7 @@ mod tests {
         // Two secrets of different groups: each branch closes itself.
         assert_eq!(perms["var/run/secrets"], (0o711, None));
         assert_eq!(perms["var/run/secrets/other"], (0o750, None));
-        assert_eq!(perms.len(), 10, "{perms:?}");
+        assert_eq!(perms.len(), 11, "{perms:?}");
     }
 
     /// The token's directories let its owner through and nobody else, with real users.
@@ -885,8 +887,29 @@ mod tests {
             std::fs::remove_file(&p).unwrap();
             std::os::unix::fs::symlink(&secret, &p).unwrap();
         }
+        // Whether the agent even opened the secret shows in its access time (relatime
+        // updates an atime older than the mtime on the first read).
+        let old_atime = |p: &Path| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+            std::fs::File::open(p)
+                .unwrap()
+                .set_times(std::fs::FileTimes::new().set_accessed(t))
+                .unwrap();
+        };
+        let atime = |p: &Path| std::os::unix::fs::MetadataExt::atime(&std::fs::metadata(p).unwrap());
+        let control = dir.path().join("control");
+        std::fs::write(&control, "x").unwrap();
+        old_atime(&control);
+        let _ = std::fs::read(&control).unwrap();
+        let atime_kept = atime(&control) != 1000;
+        old_atime(&secret);
         let applied = apply(&root, &files).unwrap();
         assert_eq!(applied.written.len(), 2, "{applied:?}");
+        if atime_kept {
+            assert_eq!(atime(&secret), 1000, "the agent read the file behind a planted link");
+        } else {
+            eprintln!("this file system keeps no access times: not checking that the secret was never read");
+        }
         // Neither given away nor copied where the sidecar user could read it.
         let meta = std::fs::metadata(&secret).unwrap();
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
