@@ -779,14 +779,17 @@ impl FakeEndpoint {
     }
 
     fn count(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().iter().filter(|p| *p == path).count()
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
     }
 }
 
 fn in_secs(s: u64) -> String {
-    workload_onboarding::timestamp::format(
-        std::time::SystemTime::now() + Duration::from_secs(s),
-    )
+    workload_onboarding::timestamp::format(std::time::SystemTime::now() + Duration::from_secs(s))
 }
 
 /// The endpoint is the one that decides the sidecar's files, but not that one of them becomes
@@ -874,24 +877,31 @@ fn a_bootstrap_with_a_setuid_or_writable_mode_is_refused_and_the_files_stay() {
 /// line or a terminal escape sequence arrives as visible text.
 #[test]
 fn endpoint_text_cannot_forge_log_lines() {
-    let fake = FakeEndpoint::start(|path, _| match path {
+    let fake = FakeEndpoint::start(|path, _| {
+        match path {
         "/v1/discovery" => {
             r#"{"planeUid":"plane-fake","instance":"fake-0","platforms":["jwt"]}"#.to_string()
         }
         // Not a valid authorize answer: the agent reports what it got, and retries.
         _ => "{\"code\":\"policy_denied\",\"message\":\"no\\n2099-01-01T00:00:00.000Z  INFO onboarded\\u001b[2J\"}".to_string(),
+    }
     });
     let agent = Agent::builder_plain_text(fake.port).start();
     wait_for("a failed onboarding", Duration::from_secs(20), || {
         agent.log().contains("onboarding failed")
     });
-    wait_for("the error in the state file", Duration::from_secs(10), || {
-        agent.state()["lastError"].is_string()
-    });
+    wait_for(
+        "the error in the state file",
+        Duration::from_secs(10),
+        || agent.state()["lastError"].is_string(),
+    );
     let log = agent.log();
     assert!(!log.contains('\u{1b}'), "{log}");
     assert!(!log.contains("\n2099-01-01"), "{log}");
-    assert!(log.contains("no\\n2099-01-01T00:00:00.000Z  INFO onboarded\\u{1b}[2J"), "{log}");
+    assert!(
+        log.contains("no\\n2099-01-01T00:00:00.000Z  INFO onboarded\\u{1b}[2J"),
+        "{log}"
+    );
     // `status` prints the same text escaped.
     let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
         .args(["status", "--state-file"])
@@ -899,7 +909,10 @@ fn endpoint_text_cannot_forge_log_lines() {
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(!shown.contains('\u{1b}') && !shown.contains("\n2099"), "{shown}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains("\n2099"),
+        "{shown}"
+    );
 }
 
 fn agent_cmd(args: &[&str]) -> std::process::Output {
@@ -917,14 +930,24 @@ fn help_version_and_exit_codes_follow_kubectl() {
         let out = agent_cmd(args);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
-        assert!(text.contains("Usage:") && text.contains("--onboarding-config PATH"), "{text}");
+        assert!(
+            text.contains("Usage:") && text.contains("--onboarding-config PATH"),
+            "{text}"
+        );
         assert!(text.contains("onboarding-agent status"), "{text}");
     }
-    for args in [&["status", "--help"][..], &["help", "status"], &["status", "-h"]] {
+    for args in [
+        &["status", "--help"][..],
+        &["help", "status"],
+        &["status", "-h"],
+    ] {
         let out = agent_cmd(args);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
-        assert!(text.contains("--json") && text.contains("--state-file PATH"), "{text}");
+        assert!(
+            text.contains("--json") && text.contains("--state-file PATH"),
+            "{text}"
+        );
     }
     for args in [&["version"][..], &["--version"], &["-V"]] {
         let out = agent_cmd(args);
@@ -938,7 +961,10 @@ fn help_version_and_exit_codes_follow_kubectl() {
     for (args, says) in [
         (&["statsu"][..], "unknown command \"statsu\""),
         (&["--rot", "/x"], "unexpected argument \"--rot\""),
-        (&["status", "--root", "/x"], "unexpected argument \"--root\" for `status`"),
+        (
+            &["status", "--root", "/x"],
+            "unexpected argument \"--root\" for `status`",
+        ),
         (&["help", "nope"], "no help for \"nope\""),
     ] {
         let out = agent_cmd(args);
@@ -964,7 +990,10 @@ fn help_version_and_exit_codes_follow_kubectl() {
     // No configuration named and none at the default path: say where it looked and how to
     // name one.
     if !Path::new("/etc/onboarding-agent/onboarding.config.yaml").exists() {
-        let out = agent_cmd(&["--state-file", &dir.path().join("s.json").display().to_string()]);
+        let out = agent_cmd(&[
+            "--state-file",
+            &dir.path().join("s.json").display().to_string(),
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(

@@ -362,7 +362,11 @@ fn help_version_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     let status = status_of(&out);
     assert_eq!(status.code, code::INVALID_ARGUMENT);
-    assert!(status.message.contains("unexpected argument \"--issuer\""), "{}", status.message);
+    assert!(
+        status.message.contains("unexpected argument \"--issuer\""),
+        "{}",
+        status.message
+    );
 
     // No settings: a configuration error.
     let out = run_plugin(&[], &request(PLANE));

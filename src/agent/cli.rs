@@ -303,8 +303,14 @@ mod tests {
     fn help_and_version_as_kubectl_spells_them() {
         assert_eq!(p(&["help"]).unwrap(), Command::Help(Topic::Agent));
         assert_eq!(p(&["-h"]).unwrap(), Command::Help(Topic::Agent));
-        assert_eq!(p(&["help", "status"]).unwrap(), Command::Help(Topic::Status));
-        assert_eq!(p(&["status", "--help"]).unwrap(), Command::Help(Topic::Status));
+        assert_eq!(
+            p(&["help", "status"]).unwrap(),
+            Command::Help(Topic::Status)
+        );
+        assert_eq!(
+            p(&["status", "--help"]).unwrap(),
+            Command::Help(Topic::Status)
+        );
         assert_eq!(p(&["status", "-h"]).unwrap(), Command::Help(Topic::Status));
         assert_eq!(p(&["version"]).unwrap(), Command::Version);
         assert_eq!(p(&["--version"]).unwrap(), Command::Version);
@@ -312,9 +318,15 @@ mod tests {
         assert!(e.contains("no help for \"nope\""), "{e}");
         let e = p(&["statu"]).unwrap_err().to_string();
         assert!(e.starts_with("unknown command \"statu\""), "{e}");
-        assert!(e.ends_with("Run `onboarding-agent --help` for usage."), "{e}");
+        assert!(
+            e.ends_with("Run `onboarding-agent --help` for usage."),
+            "{e}"
+        );
         let e = p(&["status", "--root", "/r"]).unwrap_err().to_string();
-        assert!(e.ends_with("Run `onboarding-agent status --help` for usage."), "{e}");
+        assert!(
+            e.ends_with("Run `onboarding-agent status --help` for usage."),
+            "{e}"
+        );
         // A value that happens to be spelled like a command is a value.
         let Command::Run(r) = p(&["--root", "status"]).unwrap() else {
             panic!("not run")
@@ -333,8 +345,13 @@ mod tests {
             "--help",
             "--version",
         ] {
-            let line = USAGE.lines().find(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")));
-            assert!(line.is_some_and(|l| l.split_whitespace().count() > 2), "{flag}");
+            let line = USAGE
+                .lines()
+                .find(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")));
+            assert!(
+                line.is_some_and(|l| l.split_whitespace().count() > 2),
+                "{flag}"
+            );
         }
         for flag in ["--state-file", "--json", "--help"] {
             assert!(STATUS_USAGE.contains(flag), "{flag}");

@@ -228,12 +228,13 @@ fn read_in(dir: &Dir, abs: &str) -> Result<Option<Existing>, SafeFsError> {
     let Some(d) = dir.walk(parent, None)? else {
         return Ok(None);
     };
-    Ok(d.read_file_at(name, MAX_EXISTING)?.map(|(bytes, m)| Existing {
-        bytes,
-        mode: m.perm(),
-        uid: m.uid,
-        gid: m.gid,
-    }))
+    Ok(d.read_file_at(name, MAX_EXISTING)?
+        .map(|(bytes, m)| Existing {
+            bytes,
+            mode: m.perm(),
+            uid: m.uid,
+            gid: m.gid,
+        }))
 }
 
 /// Where the link at `abs` points when it is ours.
@@ -354,7 +355,10 @@ pub fn preview(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesErr
     let found = survey(&root, &top, current.as_ref(), files).map_err(fs_err(READING))?;
     let mut out = Applied::default();
     for (file, found) in files.iter().zip(&found) {
-        let existing = found.existing.as_ref().map(|e| (e.bytes.as_slice(), e.mode));
+        let existing = found
+            .existing
+            .as_ref()
+            .map(|e| (e.bytes.as_slice(), e.mode));
         if change_needed(existing, file.content.as_bytes(), file.mode.bits()) == Change::Content {
             out.written.push(file.path.clone());
             out.restart_needed |= file.restart_on_change;
@@ -411,7 +415,10 @@ pub fn apply(root: &Path, files: &[BootstrapFile]) -> Result<Applied, FilesError
     let mut applied = Applied::default();
     let mut any_change = false;
     for (file, found) in files.iter().zip(&found) {
-        let existing = found.existing.as_ref().map(|e| (e.bytes.as_slice(), e.mode));
+        let existing = found
+            .existing
+            .as_ref()
+            .map(|e| (e.bytes.as_slice(), e.mode));
         match change_needed(existing, file.content.as_bytes(), file.mode.bits()) {
             Change::None => {}
             Change::Mode => any_change = true,
@@ -530,16 +537,23 @@ fn write_generation(gens: &Dir, entries: &[Entry]) -> Result<String, FilesError>
     let tmp = OsStr::new(&tmp_name);
     let w = fs_err(WRITING);
     gens.mkdir_at(tmp, 0o700).map_err(&w)?;
-    let gen_dir = gens
-        .open_dir_at(tmp)
-        .map_err(&w)?
-        .ok_or_else(|| w(SafeFsError::io(gens.path().join(tmp), std::io::ErrorKind::NotFound.into())))?;
+    let gen_dir = gens.open_dir_at(tmp).map_err(&w)?.ok_or_else(|| {
+        w(SafeFsError::io(
+            gens.path().join(tmp),
+            std::io::ErrorKind::NotFound.into(),
+        ))
+    })?;
     for e in entries {
         let (parent, file_name) = split(e.abs);
         let dir = gen_dir
             .walk(parent, Some(0o700))
             .map_err(&w)?
-            .ok_or_else(|| w(SafeFsError::io(gen_dir.path().join(parent), std::io::ErrorKind::NotFound.into())))?;
+            .ok_or_else(|| {
+                w(SafeFsError::io(
+                    gen_dir.path().join(parent),
+                    std::io::ErrorKind::NotFound.into(),
+                ))
+            })?;
         let path = dir.path().join(file_name);
         let mut f = dir.create_file_at(file_name, e.mode).map_err(&w)?;
         let io = |err| w(SafeFsError::io(&path, err));
@@ -574,11 +588,17 @@ fn switch_current(gens: &Dir, gen_name: &str) -> Result<(), FilesError> {
 fn link_to_current(top: &Dir, root: &Path, abs: &str) -> Result<(), FilesError> {
     let w = fs_err(WRITING);
     let (parent, name) = split(abs);
-    let dir = top
-        .walk(parent, Some(0o755))
-        .map_err(&w)?
-        .ok_or_else(|| w(SafeFsError::io(root.join(parent), std::io::ErrorKind::NotFound.into())))?;
-    let tmp = format!(".{}.tmp.{}.link", name.to_string_lossy(), std::process::id());
+    let dir = top.walk(parent, Some(0o755)).map_err(&w)?.ok_or_else(|| {
+        w(SafeFsError::io(
+            root.join(parent),
+            std::io::ErrorKind::NotFound.into(),
+        ))
+    })?;
+    let tmp = format!(
+        ".{}.tmp.{}.link",
+        name.to_string_lossy(),
+        std::process::id()
+    );
     let tmp = OsStr::new(&tmp);
     dir.unlink_at(tmp).map_err(&w)?;
     dir.symlink_at(&link_dest(root, abs), tmp).map_err(&w)?;
@@ -639,7 +659,9 @@ pub fn remove_stale_temps(root: &Path, files: &[BootstrapFile]) {
         };
         for entry in entries {
             if entry.to_string_lossy().starts_with(&prefix)
-                && dir.stat_at(&entry).is_ok_and(|m| m.is_some_and(|m| !m.is_dir()))
+                && dir
+                    .stat_at(&entry)
+                    .is_ok_and(|m| m.is_some_and(|m| !m.is_dir()))
             {
                 let _ = dir.unlink_at(&entry);
             }
@@ -770,7 +792,13 @@ mod tests {
         );
         assert_eq!(mode(&generation), 0o711);
         assert_eq!(mode(&generation.join("var")), 0o711);
-        for d in ["var/lib", "var/lib/istio", "var/lib/istio/envoy", "etc", "etc/certs"] {
+        for d in [
+            "var/lib",
+            "var/lib/istio",
+            "var/lib/istio/envoy",
+            "etc",
+            "etc/certs",
+        ] {
             assert_eq!(mode(&generation.join(d)), 0o755, "{d}");
         }
         for d in ["var/run", "var/run/secrets", "var/run/secrets/tokens"] {
@@ -826,7 +854,10 @@ mod tests {
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         };
-        assert!(as_user(nobody_uid, nobody_gid, &token), "the owner reads its token");
+        assert!(
+            as_user(nobody_uid, nobody_gid, &token),
+            "the owner reads its token"
+        );
         assert!(as_user(nobody_uid, nobody_gid, &env));
         // Another unprivileged user: the public files yes, the token's directory no.
         assert!(as_user(65533, 65533, &env));
@@ -882,7 +913,10 @@ mod tests {
             &["var/run/secrets", "var/run/secrets/tokens", "etc/certs"],
         );
         // The sidecar user swaps our links for links to a file only root may read.
-        for rel in ["var/run/secrets/tokens/istio-token", "etc/certs/root-cert.pem"] {
+        for rel in [
+            "var/run/secrets/tokens/istio-token",
+            "etc/certs/root-cert.pem",
+        ] {
             let p = root.join(rel);
             std::fs::remove_file(&p).unwrap();
             std::os::unix::fs::symlink(&secret, &p).unwrap();
@@ -896,7 +930,8 @@ mod tests {
                 .set_times(std::fs::FileTimes::new().set_accessed(t))
                 .unwrap();
         };
-        let atime = |p: &Path| std::os::unix::fs::MetadataExt::atime(&std::fs::metadata(p).unwrap());
+        let atime =
+            |p: &Path| std::os::unix::fs::MetadataExt::atime(&std::fs::metadata(p).unwrap());
         let control = dir.path().join("control");
         std::fs::write(&control, "x").unwrap();
         old_atime(&control);
@@ -906,9 +941,15 @@ mod tests {
         let applied = apply(&root, &files).unwrap();
         assert_eq!(applied.written.len(), 2, "{applied:?}");
         if atime_kept {
-            assert_eq!(atime(&secret), 1000, "the agent read the file behind a planted link");
+            assert_eq!(
+                atime(&secret),
+                1000,
+                "the agent read the file behind a planted link"
+            );
         } else {
-            eprintln!("this file system keeps no access times: not checking that the secret was never read");
+            eprintln!(
+                "this file system keeps no access times: not checking that the secret was never read"
+            );
         }
         // Neither given away nor copied where the sidecar user could read it.
         let meta = std::fs::metadata(&secret).unwrap();
@@ -941,9 +982,9 @@ mod tests {
         // Before the first apply (plain files are snapshotted then): a hard link to a
         // secret, and a FIFO that would block a reader forever.
         std::fs::hard_link(&secret, certs.join("root-cert.pem")).unwrap();
-        let fifo = std::ffi::CString::new(
-            std::os::unix::ffi::OsStrExt::as_bytes(envoy.join("cluster.env").as_os_str()),
-        )
+        let fifo = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+            envoy.join("cluster.env").as_os_str(),
+        ))
         .unwrap();
         // SAFETY: valid path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -986,7 +1027,10 @@ mod tests {
         std::fs::remove_file(&tokens).unwrap();
         hand_to_sidecar_user(&root, &["var/lib/onboarding-agent/bootstrap"]);
         let e = apply(&root, &set("b")).unwrap_err().to_string();
-        assert!(e.contains("refusing to use") && e.contains("bootstrap"), "{e}");
+        assert!(
+            e.contains("refusing to use") && e.contains("bootstrap"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,7 +165,10 @@ mod tests {
             "T  WARN denied\\n2026-01-01T00:00:00.000Z  INFO onboarded\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{202e}txt.exe\\u{9b} code=\"x\\ny\"\n"
         );
         // Ordinary text, tabs aside, is left alone (no copy).
-        assert!(matches!(escape_control("wrote /etc/certs/ü"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            escape_control("wrote /etc/certs/ü"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         let l = StderrLogger { max: Level::INFO };
         assert_eq!(l.max_level_hint(), Some(LevelFilter::INFO));
     }

@@ -201,14 +201,8 @@ impl Dir {
         let c = cstr(name).map_err(|e| self.err(name, e))?;
         let mut buf = vec![0u8; libc::PATH_MAX as usize];
         // SAFETY: valid fd and name; buf is writable for its length.
-        let n = unsafe {
-            libc::readlinkat(
-                self.raw(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n =
+            unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
@@ -272,11 +266,11 @@ impl Dir {
             }
             if name == ".." {
                 // Only reachable through a trusted link's target.
-                cur = cur
-                    .open_dir_at(OsStr::new(".."))?
-                    .ok_or_else(|| SafeFsError::NotADirectory {
+                cur = cur.open_dir_at(OsStr::new(".."))?.ok_or_else(|| {
+                    SafeFsError::NotADirectory {
                         path: cur.path.join(".."),
-                    })?;
+                    }
+                })?;
                 continue;
             }
             let meta = match cur.stat_at(&name)? {
@@ -301,7 +295,10 @@ impl Dir {
                 }
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(SafeFsError::io(here, io::Error::from_raw_os_error(libc::ELOOP)));
+                    return Err(SafeFsError::io(
+                        here,
+                        io::Error::from_raw_os_error(libc::ELOOP),
+                    ));
                 }
                 let Some(target) = cur.read_link_at(&name)? else {
                     return Err(SafeFsError::NotADirectory { path: here });
@@ -343,7 +340,11 @@ impl Dir {
             libc::openat(
                 self.raw(),
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
             )
         };
         if fd < 0 {
@@ -529,9 +530,21 @@ mod tests {
         assert_eq!(distrust_reason(0, 0, 0o40755, 1000), None);
         assert_eq!(distrust_reason(1000, 1000, 0o40755, 1000), None);
         assert_eq!(distrust_reason(0, 0, 0o40775, 1000), None);
-        assert!(distrust_reason(998, 998, 0o40755, 0).unwrap().contains("uid 998"));
-        assert!(distrust_reason(0, 0, 0o41777, 0).unwrap().contains("everyone"));
-        assert!(distrust_reason(0, 998, 0o40775, 0).unwrap().contains("group 998"));
+        assert!(
+            distrust_reason(998, 998, 0o40755, 0)
+                .unwrap()
+                .contains("uid 998")
+        );
+        assert!(
+            distrust_reason(0, 0, 0o41777, 0)
+                .unwrap()
+                .contains("everyone")
+        );
+        assert!(
+            distrust_reason(0, 998, 0o40775, 0)
+                .unwrap()
+                .contains("group 998")
+        );
     }
 
     #[test]
@@ -545,19 +558,42 @@ mod tests {
         std::os::unix::fs::symlink("../run", root.join("var/run")).unwrap();
         std::os::unix::fs::symlink(root.join("run"), root.join("var/run-abs")).unwrap();
         let top = Dir::open_trusted(root).unwrap();
-        let d = top.walk(Path::new("var/run/secrets"), None).unwrap().unwrap();
-        assert_eq!(d.meta().unwrap().uid, std::fs::metadata(root.join("run/secrets")).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap());
-        assert!(top.walk(Path::new("var/run-abs/secrets"), None).unwrap().is_some());
-        assert!(top.walk(Path::new("var/missing/x"), None).unwrap().is_none());
-        // In a directory everyone can write, the same link is refused.
-        std::fs::set_permissions(root.join("run/secrets"), std::fs::Permissions::from_mode(0o777))
+        let d = top
+            .walk(Path::new("var/run/secrets"), None)
+            .unwrap()
             .unwrap();
-        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("run/secrets/tokens")).unwrap();
+        assert_eq!(
+            d.meta().unwrap().uid,
+            std::fs::metadata(root.join("run/secrets"))
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .unwrap()
+        );
+        assert!(
+            top.walk(Path::new("var/run-abs/secrets"), None)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            top.walk(Path::new("var/missing/x"), None)
+                .unwrap()
+                .is_none()
+        );
+        // In a directory everyone can write, the same link is refused.
+        std::fs::set_permissions(
+            root.join("run/secrets"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("run/secrets/tokens"))
+            .unwrap();
         let e = top
             .walk(Path::new("var/run/secrets/tokens"), Some(0o755))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("refusing to follow") && e.contains("writable by everyone"), "{e}");
+        assert!(
+            e.contains("refusing to follow") && e.contains("writable by everyone"),
+            "{e}"
+        );
         // A file where a directory should be is an error, not followed or replaced.
         std::fs::write(root.join("var/file"), "x").unwrap();
         assert!(top.walk(Path::new("var/file/x"), Some(0o755)).is_err());

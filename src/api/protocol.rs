@@ -436,10 +436,9 @@ mod tests {
 
     #[test]
     fn file_mode_is_a_number_on_the_wire_and_refused_when_too_wide() {
-        let f: BootstrapFile = serde_json::from_str(
-            r#"{"path":"/etc/certs/root-cert.pem","mode":420,"content":"x"}"#,
-        )
-        .unwrap();
+        let f: BootstrapFile =
+            serde_json::from_str(r#"{"path":"/etc/certs/root-cert.pem","mode":420,"content":"x"}"#)
+                .unwrap();
         assert_eq!(f.mode, 0o644);
         assert!(serde_json::to_string(&f).unwrap().contains(r#""mode":420"#));
         // 0o4755 = 2541: setuid.
@@ -448,7 +447,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("file mode 4755 (octal) is not allowed: it sets the setuid bit"), "{e}");
+        assert!(
+            e.contains("file mode 4755 (octal) is not allowed: it sets the setuid bit"),
+            "{e}"
+        );
         // 0o666 = 438: world-writable, anywhere in a bootstrap.
         let e = serde_json::from_str::<Bootstrap>(
             r#"{"files":[{"path":"/etc/certs/root-cert.pem","mode":438,"content":"x"}]}"#,

@@ -169,7 +169,7 @@ fn obtain(
 ) -> Result<GetCredentialResponse, Status> {
     let cache = config.cache_file.as_deref();
     if let Some(path) = cache
-        && let Some(hit) = read_cache(path, &config, &request.audience, now)
+        && let Some(hit) = read_cache(path, config, &request.audience, now)
     {
         eprintln!(
             "oidc-credential plugin: reusing the cached token (expires {})",
@@ -177,7 +177,7 @@ fn obtain(
         );
         return Ok(response(hit.token, hit.expires_at));
     }
-    let token = fetch_token(&config, &request.audience)?;
+    let token = fetch_token(config, &request.audience)?;
     let expires_at = check_token(
         &token.access_token,
         &request.audience,
