@@ -17,8 +17,9 @@ cd "$repo"
 echo "== building the endpoint and the agent (debug build; takes a few minutes the first time)"
 # cargo's own progress (Compiling ..., the progress bar on a terminal) goes to stderr.
 cargo build --bin onboarding-endpoint --bin onboarding-agent
-endpoint=$repo/target/debug/onboarding-endpoint
-agent=$repo/target/debug/onboarding-agent
+target=${CARGO_TARGET_DIR:-$repo/target}
+endpoint=$target/debug/onboarding-endpoint
+agent=$target/debug/onboarding-agent
 
 work=${QUICKSTART_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/onboarding-quickstart.XXXXXX")}
 mkdir -p "$work"
