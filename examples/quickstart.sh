@@ -6,17 +6,20 @@
 #     development certificate (serve --dev), JWTs from the test issuer;
 #   - the agent: a JWT file as its credential, its root prefix in a temporary directory, the
 #     sidecar restart pointed at a script that records the call.
-# Then it prints the WAR table, the files the agent wrote, its hosts block and its status.
+# Then it prints the WAR table, the files the sidecar reads (links into the agent's current
+# generation), the agent's hosts block and its status.
 # Everything stays under $QUICKSTART_DIR (default: a new temporary directory) for inspection.
 # Needs: cargo, openssl (to sign the test JWT). Network: 127.0.0.1 only.
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-echo "== building"
-cargo build --quiet --bin onboarding-endpoint --bin onboarding-agent
-endpoint=$repo/target/debug/onboarding-endpoint
-agent=$repo/target/debug/onboarding-agent
+echo "== building the endpoint and the agent (debug build; takes a few minutes the first time)"
+# cargo's own progress (Compiling ..., the progress bar on a terminal) goes to stderr.
+cargo build --bin onboarding-endpoint --bin onboarding-agent
+target=${CARGO_TARGET_DIR:-$repo/target}
+endpoint=$target/debug/onboarding-endpoint
+agent=$target/debug/onboarding-agent
 
 work=${QUICKSTART_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/onboarding-quickstart.XXXXXX")}
 mkdir -p "$work"
@@ -120,10 +123,15 @@ echo
 echo "== onboarding-endpoint get war -A"
 "$endpoint" get war -A --config "$work/endpoint/endpoint.yaml"
 echo
-echo "== files the agent wrote under $work/root"
-(cd "$work/root" && find . -type f | sort | while read -r f; do
-    printf '%s  %s\n' "$(stat -c '%a' "$f")" "/${f#./}"
+echo "== files the sidecar reads (under the root prefix $work/root)"
+# Each path is a link into the current generation of the set, which the agent switches in
+# one rename; mode and owner shown are those of the file the link leads to.
+(cd "$work/root" && find . -type l ! -path './var/lib/onboarding-agent/*' | sort | while read -r l; do
+    printf '%s  %-8s %s\n     -> %s\n' "$(stat -L -c '%a' "$l")" "$(stat -L -c '%U' "$l")" \
+        "/${l#./}" "$(readlink "$l")"
 done)
+echo "current generation: $(readlink "$work/root/var/lib/onboarding-agent/bootstrap/current")"
+echo "other files the agent wrote: /etc/hosts (its block), $work/agent/state.json"
 echo
 echo "== /var/lib/istio/envoy/cluster.env"
 cat "$work/root/var/lib/istio/envoy/cluster.env"

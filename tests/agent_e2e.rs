@@ -712,3 +712,295 @@ fn tls_sni_override_root_certs_from_env_and_insecure_skip_verify() {
     assert!(a.log().contains("insecureSkipVerify is set"), "{}", a.log());
     a.stop();
 }
+
+/// A stand-in for the onboarding endpoint over plain HTTP/1.1, for answers the real endpoint
+/// cannot give: each request gets `answer(path, how many times this path was asked before)`,
+/// a JSON body (with status 200, or 403 when it is an API error), on a connection closed
+/// after it.
+struct FakeEndpoint {
+    port: u16,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeEndpoint {
+    fn start(answer: impl Fn(&str, usize) -> String + Send + 'static) -> FakeEndpoint {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let n = {
+                    let mut hits = seen.lock().unwrap();
+                    let n = hits.iter().filter(|p| **p == path).count();
+                    hits.push(path.clone());
+                    n
+                };
+                let json = answer(&path, n);
+                let status = if json.starts_with("{\"code\"") {
+                    "403 Forbidden"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+            }
+        });
+        FakeEndpoint { port, hits }
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+fn in_secs(s: u64) -> String {
+    workload_onboarding::timestamp::format(std::time::SystemTime::now() + Duration::from_secs(s))
+}
+
+/// The endpoint is the one that decides the sidecar's files, but not that one of them becomes
+/// setuid root: a bootstrap with such a mode is refused whole and the last good files stay.
+#[test]
+fn a_bootstrap_with_a_setuid_or_writable_mode_is_refused_and_the_files_stay() {
+    let war = r#"{"namespace":"bookinfo","name":"ratings-fake"}"#;
+    let bootstrap = |env: &str, env_mode: u32, token_mode: u32| {
+        serde_json::json!({
+            "files": [
+                {"path": "/var/lib/istio/envoy/cluster.env", "mode": env_mode, "content": env},
+                {"path": "/var/run/secrets/tokens/istio-token", "mode": token_mode,
+                 "content": "tok", "restartOnChange": false},
+            ],
+            "hosts": [],
+            // Short, so that the agent fetches a fresh bootstrap within seconds.
+            "istioTokenExpiresAt": in_secs(4),
+        })
+    };
+    let fake = FakeEndpoint::start(move |path, n| match path {
+        "/v1/discovery" => {
+            r#"{"planeUid":"plane-fake","instance":"fake-0","platforms":["jwt"]}"#.to_string()
+        }
+        "/v1/authorize" => format!(
+            r#"{{"token":"session","expiresAt":"{}","registration":{war}}}"#,
+            in_secs(3600)
+        ),
+        "/v1/register" => serde_json::json!({
+            "registration": serde_json::from_str::<serde_json::Value>(war).unwrap(),
+            "reused": false,
+            "bootstrap": bootstrap("GOOD=1\n", 0o644, 0o600),
+            "keepAlive": {"intervalSeconds": 60, "timeoutSeconds": 180},
+        })
+        .to_string(),
+        // Every other refresh: a setuid cluster.env, or a world-writable token.
+        "/v1/bootstrap" if n % 2 == 0 => bootstrap("EVIL=1\n", 0o4755, 0o600).to_string(),
+        "/v1/bootstrap" => bootstrap("EVIL=1\n", 0o644, 0o646).to_string(),
+        "/v1/keepalive" => {
+            format!(r#"{{"registration":{war},"connectedTo":"fake-0"}}"#)
+        }
+        "/v1/unregister" => r#"{"propagationDelaySeconds":0}"#.to_string(),
+        _ => r#"{"code":"bad_request","message":"no such path"}"#.to_string(),
+    });
+    let mut agent = Agent::builder_plain_text(fake.port).start();
+    agent.wait_phase("connected", Duration::from_secs(20));
+    let cluster_env = agent.root_file(CLUSTER_ENV);
+    assert_eq!(read(&cluster_env), "GOOD=1\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(fake.count("/v1/bootstrap") >= 2
+        && agent.log().contains("lets everyone write")
+        && agent.log().contains("sets the setuid bit"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no two refused refreshes; agent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = agent.log();
+    assert!(
+        log.contains("file mode 4755 (octal) is not allowed: it sets the setuid bit"),
+        "{log}"
+    );
+    assert!(
+        log.contains("file mode 0646 (octal) is not allowed: it lets everyone write"),
+        "{log}"
+    );
+    // Nothing of the refused answers reached the disk.
+    assert_eq!(read(&cluster_env), "GOOD=1\n");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&cluster_env), 0o644);
+    assert_eq!(mode(&agent.root_file(TOKEN)), 0o600);
+    let state = agent.state();
+    assert!(
+        state["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not allowed")),
+        "{state}"
+    );
+    agent.stop();
+}
+
+/// Text from the endpoint reaches the log with its control characters escaped: a forged log
+/// line or a terminal escape sequence arrives as visible text.
+#[test]
+fn endpoint_text_cannot_forge_log_lines() {
+    let fake = FakeEndpoint::start(|path, _| {
+        match path {
+        "/v1/discovery" => {
+            r#"{"planeUid":"plane-fake","instance":"fake-0","platforms":["jwt"]}"#.to_string()
+        }
+        // Not a valid authorize answer: the agent reports what it got, and retries.
+        _ => "{\"code\":\"policy_denied\",\"message\":\"no\\n2099-01-01T00:00:00.000Z  INFO onboarded\\u001b[2J\"}".to_string(),
+    }
+    });
+    let agent = Agent::builder_plain_text(fake.port).start();
+    wait_for("a failed onboarding", Duration::from_secs(20), || {
+        agent.log().contains("onboarding failed")
+    });
+    wait_for(
+        "the error in the state file",
+        Duration::from_secs(10),
+        || agent.state()["lastError"].is_string(),
+    );
+    let log = agent.log();
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(!log.contains("\n2099-01-01"), "{log}");
+    assert!(
+        log.contains("no\\n2099-01-01T00:00:00.000Z  INFO onboarded\\u{1b}[2J"),
+        "{log}"
+    );
+    // `status` prints the same text escaped.
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .args(["status", "--state-file"])
+        .arg(agent.path(STATE_FILE))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains("\n2099"),
+        "{shown}"
+    );
+}
+
+fn agent_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_onboarding-agent"))
+        .args(args)
+        .env_remove("ONBOARDING_CONFIG")
+        .env_remove("AGENT_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_version_and_exit_codes_follow_kubectl() {
+    for args in [&["help"][..], &["--help"], &["-h"]] {
+        let out = agent_cmd(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            text.contains("Usage:") && text.contains("--onboarding-config PATH"),
+            "{text}"
+        );
+        assert!(text.contains("onboarding-agent status"), "{text}");
+    }
+    for args in [
+        &["status", "--help"][..],
+        &["help", "status"],
+        &["status", "-h"],
+    ] {
+        let out = agent_cmd(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            text.contains("--json") && text.contains("--state-file PATH"),
+            "{text}"
+        );
+    }
+    for args in [&["version"][..], &["--version"], &["-V"]] {
+        let out = agent_cmd(args);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("onboarding-agent {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    // Usage errors: 2, the error and where to get help, nothing on stdout.
+    for (args, says) in [
+        (&["statsu"][..], "unknown command \"statsu\""),
+        (&["--rot", "/x"], "unexpected argument \"--rot\""),
+        (
+            &["status", "--root", "/x"],
+            "unexpected argument \"--root\" for `status`",
+        ),
+        (&["help", "nope"], "no help for \"nope\""),
+    ] {
+        let out = agent_cmd(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with(&format!("error: {says}")), "{err}");
+        assert!(err.contains("--help` for usage"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    // A runtime failure: 1, with the cause once.
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_cmd(&[
+        "status",
+        "--state-file",
+        &dir.path().join("none.json").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Not a terminal: no colours.
+    assert!(!err.contains('\u{1b}'), "{err}");
+    // No configuration named and none at the default path: say where it looked and how to
+    // name one.
+    if !Path::new("/etc/onboarding-agent/onboarding.config.yaml").exists() {
+        let out = agent_cmd(&[
+            "--state-file",
+            &dir.path().join("s.json").display().to_string(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("/etc/onboarding-agent/onboarding.config.yaml")
+                && err.contains("default path")
+                && err.contains("pass --onboarding-config PATH"),
+            "{err}"
+        );
+    }
+}

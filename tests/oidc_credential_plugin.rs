@@ -332,3 +332,66 @@ fn secrets_with_special_characters_are_form_encoded() {
     assert_eq!(verified.identity.subject, "vm 0002:x");
     assert_eq!(verified.identity.attributes["region"], "eu-west");
 }
+
+/// `--help` and `version` for people; for the agent, exit 2 when the plugin is called or
+/// configured wrongly (a retry cannot help) and 1 when the token could not be had, each
+/// with a google.rpc.Status on stdout.
+#[test]
+fn help_version_and_exit_codes() {
+    for arg in ["--help", "-h", "help"] {
+        let out = Command::new(PLUGIN).arg(arg).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        assert!(
+            text.contains("Usage:") && text.contains("OIDC_CLIENT_SECRET_FILE"),
+            "{text}"
+        );
+    }
+    for arg in ["version", "--version", "-V"] {
+        let out = Command::new(PLUGIN).arg(arg).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!(
+                "onboarding-agent-oidc-credential-plugin {}\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+    let out = Command::new(PLUGIN).arg("--issuer").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let status = status_of(&out);
+    assert_eq!(status.code, code::INVALID_ARGUMENT);
+    assert!(
+        status.message.contains("unexpected argument \"--issuer\""),
+        "{}",
+        status.message
+    );
+
+    // No settings: a configuration error.
+    let out = run_plugin(&[], &request(PLANE));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(status_of(&out).code, code::FAILED_PRECONDITION);
+    // Not a request on stdin: a usage error.
+    let out = run_plugin(&[], "audience please");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(status_of(&out).code, code::INVALID_ARGUMENT);
+
+    // Configured, but the provider cannot be reached: a runtime failure.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = vec![
+        (
+            "OIDC_TOKEN_ENDPOINT".to_string(),
+            format!("https://127.0.0.1:{port}/token"),
+        ),
+        ("OIDC_CLIENT_ID".into(), "vm".into()),
+        ("OIDC_CLIENT_SECRET".into(), "s3cret".into()),
+    ];
+    let out = run_plugin(&env, &request(PLANE));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(status_of(&out).code, code::UNAVAILABLE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}

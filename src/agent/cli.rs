@@ -13,15 +13,18 @@ Onboards this host into an Istio mesh through the onboarding endpoint, writes th
 files, restarts it and stays connected. See docs/agent.md.
 
 Usage:
-  onboarding-agent [OPTIONS]
-  onboarding-agent status [--state-file PATH] [--json]
+  onboarding-agent [OPTIONS]           run the agent (what the systemd unit does)
+  onboarding-agent status [OPTIONS]    print the running agent's state
+  onboarding-agent help [COMMAND]      print this help, or a command's
+  onboarding-agent version             print the version
 
 Options:
-  --onboarding-config PATH   the OnboardingConfiguration
+  --onboarding-config PATH   the OnboardingConfiguration (where the endpoint is, which
+                             WorkloadGroup to join)
                              [default: /etc/onboarding-agent/onboarding.config.yaml]
                              (or set ONBOARDING_CONFIG to its content)
-  --agent-config PATH        the AgentConfiguration, optional
-                             [default: /etc/onboarding-agent/agent.config.yaml]
+  --agent-config PATH        the AgentConfiguration (credential source, sidecar, retries);
+                             optional [default: /etc/onboarding-agent/agent.config.yaml]
                              (or set AGENT_CONFIG to its content)
   --root DIR                 prefix for every host path the agent writes [default: /]
   --state-file PATH          where the agent keeps its state
@@ -34,13 +37,46 @@ Options:
 
 Environment: ONBOARDING_AGENT_ROOT_CERTS (extra CA certificates, PEM),
 ONBOARDING_AGENT_LOG (error|warn|info|debug|trace).
+
+Exit status: 0 stopped cleanly, 1 a runtime failure, 2 a usage or configuration error.
 ";
+
+pub const STATUS_USAGE: &str = "\
+Prints the state the running agent keeps: its phase, the endpoint and registration, when
+its tokens expire, the last sidecar restart and the last error.
+
+Usage:
+  onboarding-agent status [OPTIONS]
+
+Options:
+  --state-file PATH   the agent's state file (the agent's own --state-file)
+                      [default: /var/lib/onboarding-agent/state.json]
+  --json              print the state file's JSON instead of a table
+  -h, --help          print this help
+
+Exit status: 0 printed, 1 the state file cannot be read, 2 a usage error.
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Agent,
+    Status,
+}
+
+impl Topic {
+    pub fn text(self) -> &'static str {
+        match self {
+            Topic::Agent => USAGE,
+            Topic::Status => STATUS_USAGE,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run(RunArgs),
     Status { state_file: PathBuf, json: bool },
-    Help,
+    Help(Topic),
     Version,
 }
 
@@ -54,12 +90,24 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}\n\nRun `onboarding-agent --help` for usage.")]
-pub struct UsageError(pub String);
+#[error("{message}\n\nRun `onboarding-agent {help}` for usage.")]
+pub struct UsageError {
+    message: String,
+    help: &'static str,
+}
+
+impl UsageError {
+    fn new(message: impl Into<String>, status: bool) -> UsageError {
+        UsageError {
+            message: message.into(),
+            help: if status { "status --help" } else { "--help" },
+        }
+    }
+}
 
 fn utf8(arg: OsString) -> Result<String, UsageError> {
     arg.into_string()
-        .map_err(|a| UsageError(format!("argument {a:?} is not UTF-8")))
+        .map_err(|a| UsageError::new(format!("argument {a:?} is not UTF-8"), false))
 }
 
 /// Parses the arguments after the program name. Accepts `--flag value` and `--flag=value`.
@@ -74,12 +122,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut status = false;
     let mut json = false;
     let mut args = args.into_iter();
+    let mut first = true;
     while let Some(arg) = args.next() {
         let arg = utf8(arg)?;
+        let at_start = std::mem::replace(&mut first, false);
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
+        let usage = |message: String| UsageError::new(message, status);
         let mut value = |name: &str| -> Result<String, UsageError> {
             match &inline {
                 Some(v) => Ok(v.clone()),
@@ -87,12 +138,37 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                     .next()
                     .map(utf8)
                     .transpose()?
-                    .ok_or_else(|| UsageError(format!("{name} needs a value"))),
+                    .ok_or_else(|| UsageError::new(format!("{name} needs a value"), status)),
             }
         };
         match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
+            "-h" | "--help" => {
+                return Ok(Command::Help(if status {
+                    Topic::Status
+                } else {
+                    Topic::Agent
+                }));
+            }
             "-V" | "--version" => return Ok(Command::Version),
+            // `help` and `version` come first, as in kubectl.
+            "help" if at_start => {
+                return match args.next().map(utf8).transpose()?.as_deref() {
+                    None => Ok(Command::Help(Topic::Agent)),
+                    Some("status") => Ok(Command::Help(Topic::Status)),
+                    Some(other) => Err(usage(format!(
+                        "no help for {other:?}: the commands are status, help and version"
+                    ))),
+                };
+            }
+            "version" if at_start => {
+                return match args.next() {
+                    None => Ok(Command::Version),
+                    Some(a) => Err(usage(format!(
+                        "unexpected argument {:?} for `version`",
+                        a.to_string_lossy()
+                    ))),
+                };
+            }
             "status" if !status => status = true,
             "--json" if status => json = true,
             "--state-file" => run.state_file = PathBuf::from(value("--state-file")?),
@@ -109,13 +185,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                     cmd.push(utf8(rest)?);
                 }
                 if cmd.first().is_none_or(|c| c.is_empty()) {
-                    return Err(UsageError("--restart-command needs a command".into()));
+                    return Err(usage("--restart-command needs a command".into()));
                 }
                 run.restart_command = Some(cmd);
             }
             other => {
-                return Err(UsageError(if status {
+                return Err(usage(if status {
                     format!("unexpected argument {other:?} for `status`")
+                } else if !other.starts_with('-') {
+                    format!(
+                        "unknown command {other:?}: the commands are status, help and version (the agent itself runs without one)"
+                    )
                 } else {
                     format!("unexpected argument {other:?}")
                 }));
@@ -208,7 +288,7 @@ mod tests {
                 json: false
             }
         );
-        assert_eq!(p(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(p(&["--help"]).unwrap(), Command::Help(Topic::Agent));
         assert_eq!(p(&["--root", "/r", "-V"]).unwrap(), Command::Version);
         let e = p(&["--root"]).unwrap_err().to_string();
         assert!(e.starts_with("--root needs a value"), "{e}");
@@ -217,5 +297,64 @@ mod tests {
         assert!(p(&["status", "--root", "/r"]).is_err());
         assert!(p(&["--json"]).is_err());
         assert!(p(&["--restart-command"]).is_err());
+    }
+
+    #[test]
+    fn help_and_version_as_kubectl_spells_them() {
+        assert_eq!(p(&["help"]).unwrap(), Command::Help(Topic::Agent));
+        assert_eq!(p(&["-h"]).unwrap(), Command::Help(Topic::Agent));
+        assert_eq!(
+            p(&["help", "status"]).unwrap(),
+            Command::Help(Topic::Status)
+        );
+        assert_eq!(
+            p(&["status", "--help"]).unwrap(),
+            Command::Help(Topic::Status)
+        );
+        assert_eq!(p(&["status", "-h"]).unwrap(), Command::Help(Topic::Status));
+        assert_eq!(p(&["version"]).unwrap(), Command::Version);
+        assert_eq!(p(&["--version"]).unwrap(), Command::Version);
+        let e = p(&["help", "nope"]).unwrap_err().to_string();
+        assert!(e.contains("no help for \"nope\""), "{e}");
+        let e = p(&["statu"]).unwrap_err().to_string();
+        assert!(e.starts_with("unknown command \"statu\""), "{e}");
+        assert!(
+            e.ends_with("Run `onboarding-agent --help` for usage."),
+            "{e}"
+        );
+        let e = p(&["status", "--root", "/r"]).unwrap_err().to_string();
+        assert!(
+            e.ends_with("Run `onboarding-agent status --help` for usage."),
+            "{e}"
+        );
+        // A value that happens to be spelled like a command is a value.
+        let Command::Run(r) = p(&["--root", "status"]).unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(r.root, PathBuf::from("status"));
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        for flag in [
+            "--onboarding-config",
+            "--agent-config",
+            "--root",
+            "--state-file",
+            "--restart-command",
+            "--help",
+            "--version",
+        ] {
+            let line = USAGE
+                .lines()
+                .find(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")));
+            assert!(
+                line.is_some_and(|l| l.split_whitespace().count() > 2),
+                "{flag}"
+            );
+        }
+        for flag in ["--state-file", "--json", "--help"] {
+            assert!(STATUS_USAGE.contains(flag), "{flag}");
+        }
     }
 }

@@ -131,7 +131,10 @@ pub fn load(req: &Request, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
             (None, Some(text)) => (Origin::Env(ENV_ONBOARDING_CONFIG), text),
             (None, None) => {
                 let p = PathBuf::from(DEFAULT_ONBOARDING_CONFIG);
-                (Origin::File(p.clone()), read_required(&p, ONBOARDING_HINT)?)
+                (
+                    Origin::File(p.clone()),
+                    read_required(&p, ONBOARDING_DEFAULT_HINT)?,
+                )
             }
         };
     let onboarding = parse_onboarding(&onboarding_origin, &onboarding_text)?;
@@ -170,6 +173,7 @@ pub fn load(req: &Request, env: &dyn Fn(&str) -> Option<String>) -> Result<Loade
     })
 }
 
+const ONBOARDING_DEFAULT_HINT: &str = "no configuration was named, so the agent looked at this default path: pass --onboarding-config PATH, set $ONBOARDING_CONFIG to the configuration itself, or create the OnboardingConfiguration there (see docs/agent.md)";
 const ONBOARDING_HINT: &str =
     "create the OnboardingConfiguration there (see docs/agent.md) or set $ONBOARDING_CONFIG";
 const AGENT_HINT: &str = "create the AgentConfiguration there or leave out --agent-config";

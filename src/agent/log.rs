@@ -61,9 +61,37 @@ impl Visit for Fields {
     }
 }
 
-/// One log line: `<time> <LEVEL> <message> <key=value...>`.
+/// One log line: `<time> <LEVEL> <message> <key=value...>`. Control characters are escaped:
+/// messages carry text from the endpoint (error messages, codes, paths), which must not be
+/// able to forge a second log line or send escape sequences to an admin's terminal.
 pub fn format_line(time: &str, level: &Level, message: &str, rest: &str) -> String {
-    format!("{time} {level:>5} {message}{rest}\n")
+    format!(
+        "{time} {level:>5} {}{}\n",
+        escape_control(message),
+        escape_control(rest)
+    )
+}
+
+/// Text safe to print on one line of a log or a terminal: control characters (newlines,
+/// ESC, DEL, the C1 range) and the Unicode marks that reorder or hide text are written as
+/// Rust escapes (`\n`, `\u{1b}`); a backslash stays as it is, everything else too.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Subscriber for StderrLogger {
@@ -126,6 +154,21 @@ mod tests {
             format_line("T", &Level::INFO, "onboarded", " war=\"ns/x\""),
             "T  INFO onboarded war=\"ns/x\"\n"
         );
+        // What an endpoint could put in an error message: a forged second line, a
+        // terminal escape (clear screen, set title) and a right-to-left override.
+        let hostile = "denied\n2026-01-01T00:00:00.000Z  INFO onboarded\x1b[2J\x1b]0;pwned\x07\u{202e}txt.exe\u{9b}";
+        let line = format_line("T", &Level::WARN, hostile, " code=\"x\ny\"");
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(!line.contains('\x1b') && !line.contains('\u{202e}') && !line.contains('\u{9b}'));
+        assert_eq!(
+            line,
+            "T  WARN denied\\n2026-01-01T00:00:00.000Z  INFO onboarded\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{202e}txt.exe\\u{9b} code=\"x\\ny\"\n"
+        );
+        // Ordinary text, tabs aside, is left alone (no copy).
+        assert!(matches!(
+            escape_control("wrote /etc/certs/ü"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         let l = StderrLogger { max: Level::INFO };
         assert_eq!(l.max_level_hint(), Some(LevelFilter::INFO));
     }

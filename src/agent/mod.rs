@@ -17,6 +17,7 @@ pub mod hostinfo;
 pub mod hosts;
 pub mod log;
 pub mod run;
+pub mod safefs;
 pub mod sidecar;
 pub mod signals;
 pub mod state;

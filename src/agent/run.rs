@@ -4,7 +4,6 @@
 //! session token renewal, istio-token refresh) or an event (signal, config change), so an
 //! idle agent wakes up only for its keep-alives.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
@@ -346,7 +345,7 @@ impl Daemon {
     /// fetch a fresh bootstrap (before the istio-token expires).
     fn apply_bootstrap(&mut self, b: &Bootstrap) -> Result<Option<Instant>, AgentError> {
         let root = self.opts.root.clone();
-        remove_stale_temps(&root, b);
+        files::remove_stale_temps(&root, &b.files);
         let preview = files::preview(&root, &b.files)?;
         if preview.restart_needed && !self.state.restart_pending {
             // Recorded before the first byte changes: if we die half way, the next run
@@ -672,31 +671,6 @@ fn endpoint_name(cfg: &Loaded) -> String {
     format!("{}:{}", ep.host, ep.port)
 }
 
-/// Temporary files a killed agent left beside the files it writes (only ours: `.<name>.tmp.`).
-fn remove_stale_temps(root: &Path, b: &Bootstrap) {
-    let mut seen = BTreeSet::new();
-    for f in &b.files {
-        let Ok(target) = files::target_path(root, &f.path) else {
-            continue;
-        };
-        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
-            continue;
-        };
-        let prefix = format!(".{}.tmp.", name.to_string_lossy());
-        if !seen.insert((dir.to_path_buf(), prefix.clone())) {
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,27 +697,5 @@ mod tests {
             renewal_delay(now, now - Duration::from_secs(5)),
             Duration::ZERO
         );
-    }
-
-    #[test]
-    fn stale_temps_of_our_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let envoy = dir.path().join("var/lib/istio/envoy");
-        std::fs::create_dir_all(&envoy).unwrap();
-        std::fs::write(envoy.join(".cluster.env.tmp.99.0"), "torn").unwrap();
-        std::fs::write(envoy.join("key.pem.tmp.123"), "istio's own").unwrap();
-        let b = Bootstrap {
-            files: vec![crate::api::protocol::BootstrapFile {
-                path: "/var/lib/istio/envoy/cluster.env".into(),
-                mode: 0o644,
-                content: "A=1\n".into(),
-                restart_on_change: true,
-                owner: None,
-            }],
-            ..Bootstrap::default()
-        };
-        remove_stale_temps(dir.path(), &b);
-        assert!(!envoy.join(".cluster.env.tmp.99.0").exists());
-        assert!(envoy.join("key.pem.tmp.123").exists());
     }
 }

@@ -148,8 +148,10 @@ impl State {
             ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        // Values come from the endpoint (names, error messages): one line each, no escapes
+        // reaching the terminal.
         rows.iter()
-            .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+            .map(|(k, v)| format!("{k:<width$}  {}\n", super::log::escape_control(v)))
             .collect()
     }
 }
@@ -192,6 +194,20 @@ mod tests {
         // The JSON uses camelCase keys (for scripts reading it).
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(raw.contains("\"restartPending\": true"), "{raw}");
+    }
+
+    #[test]
+    fn endpoint_text_cannot_forge_status_lines() {
+        let mut s = State::default();
+        s.set_error("registration: refused\nphase                    connected\x1b[2K");
+        s.connected_to = Some("ep\x1b]0;title\x07".into());
+        let shown = s.render();
+        assert_eq!(shown.lines().count(), 13, "{shown}");
+        assert!(!shown.contains('\x1b'), "{shown}");
+        assert!(
+            shown.contains("refused\\nphase                    connected\\u{1b}[2K (at "),
+            "{shown}"
+        );
     }
 
     #[test]

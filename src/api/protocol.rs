@@ -155,8 +155,8 @@ pub struct Bootstrap {
 pub struct BootstrapFile {
     /// Absolute path on the host (the agent prefixes its root directory).
     pub path: String,
-    /// Unix permission bits, e.g. 0o644.
-    pub mode: u32,
+    /// Unix permission bits, e.g. 0o644 (a JSON number); never more than 0o755.
+    pub mode: FileMode,
     pub content: String,
     /// A change to this file needs a sidecar restart (false for files pilot-agent re-reads,
     /// such as the istio-token).
@@ -169,6 +169,100 @@ pub struct BootstrapFile {
 
 fn default_true() -> bool {
     true
+}
+
+/// The permission bits of a file the agent writes for the sidecar: at most `rwxr-xr-x`.
+///
+/// The agent runs as root and writes what the endpoint sends, so the type cannot hold a mode
+/// that would turn a sidecar file into a privilege: no setuid, setgid or sticky bit, and no
+/// write for group or others. On the wire it is a plain number (`420` for 0644); a number
+/// with other bits fails to deserialise, so a register response carrying one is refused as a
+/// whole and the agent keeps the files it has.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct FileMode(u32);
+
+/// A mode [`FileMode`] cannot hold, with the first reason it is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "file mode {bits:04o} (octal) is not allowed: it {reason}; a sidecar file may have at most the bits of 0755"
+)]
+pub struct BadFileMode {
+    pub bits: u32,
+    pub reason: &'static str,
+}
+
+impl FileMode {
+    /// Every bit a sidecar file may have.
+    pub const ALLOWED: u32 = 0o755 & !0o022;
+
+    pub fn new(bits: u32) -> Result<FileMode, BadFileMode> {
+        let reason = if bits & !0o7777 != 0 {
+            "has bits beyond the permission bits"
+        } else if bits & 0o4000 != 0 {
+            "sets the setuid bit"
+        } else if bits & 0o2000 != 0 {
+            "sets the setgid bit"
+        } else if bits & 0o1000 != 0 {
+            "sets the sticky bit"
+        } else if bits & 0o020 != 0 {
+            "lets the group write"
+        } else if bits & 0o002 != 0 {
+            "lets everyone write"
+        } else {
+            return Ok(FileMode(bits));
+        };
+        Err(BadFileMode { bits, reason })
+    }
+
+    /// The allowed bits of a mode found on disk (the others dropped), for copies of files
+    /// the agent did not write itself.
+    pub const fn masked(bits: u32) -> FileMode {
+        FileMode(bits & Self::ALLOWED)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for FileMode {
+    type Error = BadFileMode;
+
+    fn try_from(bits: u32) -> Result<FileMode, BadFileMode> {
+        FileMode::new(bits)
+    }
+}
+
+impl From<FileMode> for u32 {
+    fn from(m: FileMode) -> u32 {
+        m.0
+    }
+}
+
+impl PartialEq<u32> for FileMode {
+    fn eq(&self, other: &u32) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileMode({:04o})", self.0)
+    }
+}
+
+/// `0644`, as `ls` and chmod write it.
+impl std::fmt::Display for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl std::fmt::Octal for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Octal::fmt(&self.0, f)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,5 +423,58 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_modes_up_to_0755_only() {
+        for ok in [0o755, 0o644, 0o600, 0o400, 0o700, 0o555, 0o000] {
+            assert_eq!(FileMode::new(ok).map(FileMode::bits), Ok(ok), "{ok:o}");
+        }
+        for (bad, why) in [
+            (0o4755, "setuid"),
+            (0o2755, "setgid"),
+            (0o1755, "sticky"),
+            (0o664, "group write"),
+            (0o646, "everyone write"),
+            (0o777, "group write"),
+            (0o10644, "beyond the permission bits"),
+        ] {
+            let e = FileMode::new(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:o}: {e}");
+            assert!(e.contains(&format!("{bad:04o}")), "{e}");
+        }
+        assert_eq!(FileMode::masked(0o104666).bits(), 0o644);
+    }
+
+    #[test]
+    fn file_mode_is_a_number_on_the_wire_and_refused_when_too_wide() {
+        let f: BootstrapFile =
+            serde_json::from_str(r#"{"path":"/etc/certs/root-cert.pem","mode":420,"content":"x"}"#)
+                .unwrap();
+        assert_eq!(f.mode, 0o644);
+        assert!(serde_json::to_string(&f).unwrap().contains(r#""mode":420"#));
+        // 0o4755 = 2541: setuid.
+        let e = serde_json::from_str::<BootstrapFile>(
+            r#"{"path":"/etc/certs/root-cert.pem","mode":2541,"content":"x"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("file mode 4755 (octal) is not allowed: it sets the setuid bit"),
+            "{e}"
+        );
+        // 0o666 = 438: world-writable, anywhere in a bootstrap.
+        let e = serde_json::from_str::<Bootstrap>(
+            r#"{"files":[{"path":"/etc/certs/root-cert.pem","mode":438,"content":"x"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("0666") && e.contains("group write"), "{e}");
+        assert!(serde_json::from_str::<FileMode>("-1").is_err());
     }
 }

@@ -29,18 +29,75 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
+const HELP: &str = "\
+A credential plugin for onboarding-agent: gets a JWT access token from an OIDC provider
+with the OAuth 2.0 client_credentials grant, addressed to the onboarding plane's UID.
+The agent runs it (see docs/credential-plugins.md); it takes no arguments.
+
+Usage:
+  onboarding-agent-oidc-credential-plugin < request.json
+  onboarding-agent-oidc-credential-plugin help | --help | -h
+  onboarding-agent-oidc-credential-plugin version | --version | -V
+
+stdin:  {\"audience\": \"<plane uid>\"}
+stdout: the GetCredential response (exit 0) or a google.rpc.Status (exit 1 when the
+        token could not be obtained, 2 when the plugin is called or configured wrongly)
+
+Environment (docs/credential-plugins.md has the details):
+  OIDC_ISSUER               issuer URL (https://); the token endpoint is found by discovery
+  OIDC_TOKEN_ENDPOINT       the token endpoint URL (https://) instead; one of the two is required
+  OIDC_CLIENT_ID            the client's id (required)
+  OIDC_CLIENT_SECRET_FILE   a file holding the client secret (or OIDC_CLIENT_SECRET, the secret)
+  OIDC_AUTH_METHOD          client_secret_basic (default) | client_secret_post
+  OIDC_AUDIENCE_PARAM       resource (default) | audience | none: how the plane UID is asked for
+  OIDC_RESOURCE_TEMPLATE    the value sent, {audience} replaced by the plane UID
+                            [default: urn:audience:{audience} for resource, else {audience}]
+  OIDC_SCOPE                the scope parameter, if the provider needs one
+  OIDC_CA_FILE              PEM CA certificates the provider's certificate must chain to
+  OIDC_TOKEN_CACHE          a file to cache the token in between runs (0600)
+";
+
+/// Exit statuses, as the agent's and the endpoint's: 0 success, 1 a runtime failure (the
+/// provider refused or could not be reached), 2 a usage or configuration error (a retry
+/// cannot fix it).
+const EXIT_RUNTIME: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+
 fn main() {
-    let outcome = run(&|name| std::env::var(name).ok(), SystemTime::now());
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let outcome = match args.first().map(|a| a.to_string_lossy().into_owned()) {
+        None => run(&|name| std::env::var(name).ok(), SystemTime::now()),
+        Some(a) if args.len() == 1 && matches!(a.as_str(), "help" | "--help" | "-h") => {
+            print!("{HELP}");
+            std::process::exit(0);
+        }
+        Some(a) if args.len() == 1 && matches!(a.as_str(), "version" | "--version" | "-V") => {
+            println!(
+                "onboarding-agent-oidc-credential-plugin {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            std::process::exit(0);
+        }
+        Some(a) => Err((
+            EXIT_USAGE,
+            fail(
+                code::INVALID_ARGUMENT,
+                format!(
+                    "unexpected argument {a:?}: the plugin takes its settings from the environment (run it with --help)"
+                ),
+            ),
+        )),
+    };
     let (exit, body) = match outcome {
         Ok(response) => (0, serde_json::to_string(&response)),
-        Err(status) => {
+        Err((exit, status)) => {
             eprintln!(
                 "oidc-credential plugin: {} ({}): {}",
                 status.code_name(),
                 status.code,
                 status.message
             );
-            (1, serde_json::to_string(&status))
+            (exit, serde_json::to_string(&status))
         }
     };
     let body = body.unwrap_or_else(|e| {
@@ -54,7 +111,7 @@ fn main() {
         .and_then(|_| stdout.flush())
         .is_err()
     {
-        std::process::exit(2);
+        std::process::exit(EXIT_RUNTIME);
     }
     std::process::exit(exit);
 }
@@ -63,11 +120,18 @@ fn fail(code: i32, message: impl Into<String>) -> Status {
     Status::new(code, message)
 }
 
-/// The whole plugin, with the environment and the clock passed in.
+/// The whole plugin, with the environment and the clock passed in; a failure comes with its
+/// exit status.
 fn run(
     env: &dyn Fn(&str) -> Option<String>,
     now: SystemTime,
-) -> Result<GetCredentialResponse, Status> {
+) -> Result<GetCredentialResponse, (i32, Status)> {
+    let (request, config) = prepare(env).map_err(|s| (EXIT_USAGE, s))?;
+    obtain(&request, &config, now).map_err(|s| (EXIT_RUNTIME, s))
+}
+
+/// What the caller got wrong, if anything: the RPC asked for, the request, the settings.
+fn prepare(env: &dyn Fn(&str) -> Option<String>) -> Result<(GetCredentialRequest, Config), Status> {
     check_rpc(env)?;
     let mut input = Vec::new();
     std::io::stdin()
@@ -94,9 +158,18 @@ fn run(
         ));
     }
     let config = Config::from_env(env)?;
+    Ok((request, config))
+}
+
+/// Gets the token (from the cache or the provider).
+fn obtain(
+    request: &GetCredentialRequest,
+    config: &Config,
+    now: SystemTime,
+) -> Result<GetCredentialResponse, Status> {
     let cache = config.cache_file.as_deref();
     if let Some(path) = cache
-        && let Some(hit) = read_cache(path, &config, &request.audience, now)
+        && let Some(hit) = read_cache(path, config, &request.audience, now)
     {
         eprintln!(
             "oidc-credential plugin: reusing the cached token (expires {})",
@@ -104,7 +177,7 @@ fn run(
         );
         return Ok(response(hit.token, hit.expires_at));
     }
-    let token = fetch_token(&config, &request.audience)?;
+    let token = fetch_token(config, &request.audience)?;
     let expires_at = check_token(
         &token.access_token,
         &request.audience,

@@ -11,18 +11,23 @@ use workload_onboarding::agent::run::{Daemon, Event, Options};
 use workload_onboarding::agent::state::State;
 use workload_onboarding::agent::{VERSION, log, signals, watcher};
 
+/// Exit statuses (the endpoint's too): 0 success, 1 a runtime failure, 2 a usage or
+/// configuration error (the unit's `RestartPreventExitStatus=2`: a restart cannot fix it).
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
 fn main() -> ExitCode {
     // Before any thread exists, so that every thread inherits the blocked signals and only
     // the signal thread receives them.
     if let Err(e) = signals::block() {
         eprintln!("error: cannot block signals: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_RUNTIME);
     }
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Status { state_file, json }) => return status(&state_file, json),
-        Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
+        Ok(Command::Help(topic)) => {
+            print!("{}", topic.text());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     log::init();
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let (tx, rx) = mpsc::channel();
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
 
@@ -68,7 +73,7 @@ fn main() -> ExitCode {
         let _ = sig_tx.send(Event::Signal(sig));
     }) {
         eprintln!("error: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_RUNTIME);
     }
     // Kept alive for the life of the process.
     let _watcher = match watched {
@@ -99,7 +104,7 @@ fn status(state_file: &std::path::Path, json: bool) -> ExitCode {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
                         eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
+                        return ExitCode::from(EXIT_RUNTIME);
                     }
                 }
             } else {
@@ -109,7 +114,7 @@ fn status(state_file: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::api::istio::Sidecar;
 use crate::api::meta::Labels;
-use crate::api::protocol::{Bootstrap, BootstrapFile};
+use crate::api::protocol::{Bootstrap, BootstrapFile, FileMode};
 use crate::api::registration::WorkloadGroupSnapshot;
 
 pub use manifest::{FileSpec, TemplateSet};
@@ -231,7 +231,11 @@ impl Renderer {
                     })?;
             files.push(BootstrapFile {
                 path: spec.path.clone(),
-                mode: spec.mode,
+                mode: FileMode::new(spec.mode).map_err(|e| BootstrapError::Render {
+                    template: spec.template.clone(),
+                    origin: spec.path.clone(),
+                    message: e.to_string(),
+                })?,
                 content,
                 restart_on_change: spec.restart_on_change,
                 owner: spec.owner.clone(),
@@ -330,7 +334,7 @@ mod tests {
         let paths: Vec<_> = b
             .files
             .iter()
-            .map(|f| (f.path.as_str(), f.mode, f.restart_on_change))
+            .map(|f| (f.path.as_str(), f.mode.bits(), f.restart_on_change))
             .collect();
         assert_eq!(
             paths,

@@ -127,7 +127,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             ));
         }
         let dest = args.output.join(&spec.name);
-        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode)?;
+        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode.bits())?;
     }
     // Written even when empty, as istioctl does: an empty hosts file is a valid answer.
     let hosts = hosts_file(&bootstrap.hosts);

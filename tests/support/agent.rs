@@ -64,7 +64,9 @@ workload:
 /// `ratings`, a custom host whose credential is a JWT file for subject `vm-0001` signed with
 /// the test key, host information from `lo` only.
 pub struct AgentBuilder<'a> {
-    ep: &'a Endpoint,
+    /// The real endpoint, or None for a stand-in speaking plain HTTP on `plain_port`.
+    ep: Option<&'a Endpoint>,
+    plain_port: u16,
     group: String,
     subject: String,
     credential_yaml: Option<String>,
@@ -123,8 +125,8 @@ impl AgentBuilder<'_> {
             "127.0.0.1 localhost\n# user line\n",
         )
         .unwrap();
-        std::fs::write(p.join("ca.pem"), &self.ep.ca_pem).unwrap();
-        std::fs::write(p.join("jwt"), vm_jwt(&self.subject, &self.ep.plane_uid)).unwrap();
+        let plane_uid = self.ep.map(|ep| ep.plane_uid.clone()).unwrap_or_default();
+        std::fs::write(p.join("jwt"), vm_jwt(&self.subject, &plane_uid)).unwrap();
         let restart = p.join(RESTART_SCRIPT);
         std::fs::write(
             &restart,
@@ -135,11 +137,25 @@ impl AgentBuilder<'_> {
         )
         .unwrap();
         std::fs::set_permissions(&restart, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            p.join(ONBOARDING_CONFIG),
-            onboarding_config(self.ep, &p.join("ca.pem"), &self.group),
-        )
-        .unwrap();
+        let onboarding = match self.ep {
+            Some(ep) => {
+                std::fs::write(p.join("ca.pem"), &ep.ca_pem).unwrap();
+                onboarding_config(ep, &p.join("ca.pem"), &self.group)
+            }
+            None => format!(
+                "apiVersion: config.agent.onboarding.tetrate.io/v1alpha1
+kind: OnboardingConfiguration
+onboardingEndpoint:
+  host: 127.0.0.1
+  port: {port}
+  transportSecurity: {{none: {{}}}}
+workloadGroup: {{namespace: {NS}, name: {group}}}
+",
+                port = self.plain_port,
+                group = self.group
+            ),
+        };
+        std::fs::write(p.join(ONBOARDING_CONFIG), onboarding).unwrap();
         let mut host = self.host_yaml.unwrap_or_else(|| {
             let credential = self
                 .credential_yaml
@@ -205,7 +221,23 @@ pub struct Agent {
 impl Agent {
     pub fn builder(ep: &Endpoint) -> AgentBuilder<'_> {
         AgentBuilder {
-            ep,
+            ep: Some(ep),
+            plain_port: 0,
+            group: "ratings".into(),
+            subject: "vm-0001".into(),
+            credential_yaml: None,
+            host_yaml: None,
+            extra_config: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// An agent for a stand-in endpoint on 127.0.0.1:`port` speaking plain HTTP (for
+    /// answers the real endpoint cannot give).
+    pub fn builder_plain_text(port: u16) -> AgentBuilder<'static> {
+        AgentBuilder {
+            ep: None,
+            plain_port: port,
             group: "ratings".into(),
             subject: "vm-0001".into(),
             credential_yaml: None,
