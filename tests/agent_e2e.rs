@@ -279,6 +279,36 @@ fn deleted_war_onboards_again_with_the_new_snapshot() {
 }
 
 #[test]
+fn a_revoked_session_is_dropped_and_onboarding_backs_off_until_the_policy_allows_again() {
+    let ep = fast_endpoint();
+    let agent = Agent::builder(&ep).start();
+    agent.wait_phase("connected", Duration::from_secs(20));
+
+    // The policy stops admitting vm-0001: its next keep-alive is refused as session_revoked,
+    // and the agent must not keep retrying the old session; it onboards from scratch, which
+    // the policy denies, and backs off.
+    let policy = ep.path("config/policy.yaml");
+    let allowed = read(&policy);
+    std::fs::write(&policy, allowed.replace("vm-0001, ", "")).unwrap();
+    wait_for("the revocation", Duration::from_secs(20), || {
+        agent.log().contains("revoked this session")
+    });
+    wait_for("a denied onboarding", Duration::from_secs(20), || {
+        agent.log().contains("policy_denied")
+    });
+    let log = agent.log();
+    assert!(
+        !log.contains("session is no longer valid"),
+        "a revoked session is not retried as an expired one:\n{log}"
+    );
+
+    // Allowed again: the agent comes back by itself.
+    std::fs::write(&policy, allowed).unwrap();
+    agent.wait_phase("connected", Duration::from_secs(30));
+    assert!(ep.war_path(WAR).exists(), "WAR created again");
+}
+
+#[test]
 fn session_and_istio_tokens_are_renewed_before_they_expire() {
     let mut ep = Endpoint::start(Options {
         grace: "5m",

@@ -444,6 +444,14 @@ impl Daemon {
                 self.session = None;
                 self.backoff.reset();
             }
+            Some(ErrorCode::SessionRevoked) => {
+                // The policy no longer admits this host (or its group is gone). Retrying
+                // the call cannot help; onboarding from scratch either succeeds (the policy
+                // changed back) or is denied and backs off like any first onboarding.
+                warn!("{what}: the endpoint revoked this session ({e}); onboarding again");
+                self.state.set_error(format!("{what}: {e}"));
+                self.session = None;
+            }
             Some(ErrorCode::SessionExpired) | Some(ErrorCode::SessionInvalid) => {
                 warn!("{what}: the session is no longer valid ({e}); authorizing again");
                 let delay = self.backoff.next_delay();
