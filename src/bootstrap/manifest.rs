@@ -78,7 +78,11 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.trim().trim_start_matches("0o");
     let ok = !digits.is_empty() && digits.len() <= 4 && digits.chars().all(|c| c.is_digit(8));
     match u32::from_str_radix(digits, 8) {
-        Ok(m) if ok && m <= 0o777 => Ok(m),
+        Ok(m) if ok && m <= 0o777 => crate::api::protocol::FileMode::new(m)
+            .map(|_| m)
+            // Refused when the manifest is loaded, not at every render: the agent would
+            // refuse such a file anyway.
+            .map_err(|e| format!("mode {s:?}: {e}")),
         _ => Err(format!(
             "mode {s:?} is not a permission in octal: write it as a quoted string like \"0644\""
         )),
@@ -244,6 +248,11 @@ mod tests {
         assert!(parse_mode("1777").is_err());
         assert!(parse_mode("").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
+        // Permissions the agent would refuse are refused when the manifest loads.
+        let e = parse_mode("0666").unwrap_err();
+        assert!(e.contains("write"), "{e}");
+        assert!(parse_mode("0775").is_err());
+        assert!(parse_mode("4755").is_err());
     }
 
     fn overrides(manifest: &str, files: &[(&str, &str)]) -> Result<TemplateSet, BootstrapError> {
