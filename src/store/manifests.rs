@@ -275,6 +275,35 @@ fn check_names(path: &Path, out: &mut FileResources) -> Vec<Problem> {
     out.sidecars.retain(|sc| keep("Sidecar", &sc.metadata, &[]));
     out.config_maps
         .retain(|cm| keep("ConfigMap", &cm.metadata, &[]));
+    // What would reach a shell on every VM of the group (proxyMetadata keys in cluster.env)
+    // is refused now, naming the field, rather than at the first registration.
+    out.workload_groups.retain(|wg| {
+        let snapshot = crate::registration::snapshot(wg, "");
+        match crate::bootstrap::proxy_config::check_workload_group(&snapshot) {
+            Ok(()) => true,
+            Err(e) => {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    line: None,
+                    message: format!("WorkloadGroup is refused: {e}"),
+                    is_error: true,
+                });
+                false
+            }
+        }
+    });
+    // A bad egress host is skipped (its neighbours kept) when files are rendered; say so once
+    // when the Sidecar is loaded, too.
+    for sc in &out.sidecars {
+        for message in crate::bootstrap::proxy_config::sidecar_problems(sc) {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line: None,
+                message,
+                is_error: false,
+            });
+        }
+    }
     problems
 }
 
@@ -623,6 +652,42 @@ metadata: {name: x}
             wg("a/b", "x", "{}")
         );
         assert!(parse_file(Path::new("m.yaml"), &mixed).0.is_err());
+    }
+
+    #[test]
+    fn a_command_in_proxy_metadata_and_a_bad_egress_host_are_reported_at_load() {
+        let hostile = r#"apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: ratings
+  namespace: bookinfo
+  annotations:
+    proxy.istio.io/config: '{"proxyMetadata": {"X=1;touch /tmp/p;Y": "v"}}'
+spec:
+  template: {serviceAccount: ratings-vm}
+"#;
+        let (res, problems) = parse_file(Path::new("wg.yaml"), hostile);
+        assert!(res.is_err());
+        let shown = problems.iter().find(|p| p.is_error).unwrap().to_string();
+        assert!(
+            shown.contains("wg.yaml") && shown.contains("X=1;touch /tmp/p;Y"),
+            "{shown}"
+        );
+
+        let sidecar = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: bookinfo}
+spec:
+  egress:
+  - hosts: ["bookinfo/good.example", "bookinfo/bad host"]
+"#;
+        let (res, problems) = parse_file(Path::new("sc.yaml"), sidecar);
+        assert_eq!(res.unwrap().sidecars.len(), 1, "the Sidecar stays in force");
+        let warning = problems.iter().find(|p| !p.is_error).unwrap().to_string();
+        assert!(
+            warning.contains("spec.egress[0].hosts[1]") && warning.contains("bad host"),
+            "{warning}"
+        );
     }
 
     #[test]
