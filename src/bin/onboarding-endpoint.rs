@@ -18,6 +18,7 @@ use workload_onboarding::identity::jwt::JwtVerifier;
 use workload_onboarding::identity::verify_cli;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
+use workload_onboarding::store::kube::{self as kube_store, KubeStore};
 use workload_onboarding::{atomic, bootstrap, token};
 
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
@@ -66,6 +67,9 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Print the CustomResourceDefinitions (OnboardingPolicy, WorkloadAutoRegistration) as
+    /// YAML, for `kubectl apply -f -`.
+    Crds,
     /// Operator tools for host identities.
     Identity {
         #[command(subcommand)]
@@ -108,6 +112,13 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Serve { config, dev } => serve(&config, dev),
         Command::Render(args) => bootstrap::offline::run(&args),
+        Command::Crds => {
+            print!(
+                "{}",
+                kube_store::crds::crds_yaml().map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(())
+        }
         Command::Identity {
             command: IdentityCommand::Verify(args),
         } => verify_cli::run(&args),
@@ -118,13 +129,18 @@ fn run() -> Result<()> {
             store,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
             let ns = if all_namespaces {
                 None
             } else {
                 Some(namespace.unwrap_or_else(|| "default".into()))
             };
-            let wars = block_on(store.list_wars(ns.as_deref()))?;
+            let wars = block_on(async {
+                match open_store(&store.config).await? {
+                    AnyStore::File(s) => s.list_wars(ns.as_deref()).await,
+                    AnyStore::Kube(s) => s.list_wars(ns.as_deref()).await,
+                }
+                .map_err(anyhow::Error::from)
+            })?;
             if wars.is_empty() {
                 match &ns {
                     Some(ns) => eprintln!("No resources found in {ns} namespace."),
@@ -145,8 +161,14 @@ fn run() -> Result<()> {
             store,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
-            match block_on(store.get_war(&namespace, &name))? {
+            let war = block_on(async {
+                match open_store(&store.config).await? {
+                    AnyStore::File(s) => s.get_war(&namespace, &name).await,
+                    AnyStore::Kube(s) => s.get_war(&namespace, &name).await,
+                }
+                .map_err(anyhow::Error::from)
+            })?;
+            match war {
                 Some(w) => {
                     print!("{}", cli::describe(&w));
                     Ok(())
@@ -163,8 +185,14 @@ fn run() -> Result<()> {
             store,
         } => {
             check_resource(&resource)?;
-            let store = open_store(&store.config)?;
-            if block_on(store.delete_registration(&namespace, &name))? {
+            let deleted = block_on(async {
+                match open_store(&store.config).await? {
+                    AnyStore::File(s) => s.delete_registration(&namespace, &name).await,
+                    AnyStore::Kube(s) => s.delete_registration(&namespace, &name).await,
+                }
+                .map_err(anyhow::Error::from)
+            })?;
+            if deleted {
                 println!("workloadautoregistration \"{name}\" deleted");
                 Ok(())
             } else {
@@ -194,16 +222,38 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         })
 }
 
-fn open_store(config: &Path) -> Result<FileStore> {
-    let cfg = EndpointConfig::load(config)?;
-    let (store, _problems) = FileStore::open(file_store_config(&cfg))?;
-    Ok(store)
+/// The store the CLI's `get`/`describe`/`delete` read, as configured.
+enum AnyStore {
+    File(FileStore),
+    Kube(KubeStore),
 }
 
-fn file_store_config(cfg: &EndpointConfig) -> FileStoreConfig {
+async fn open_store(config: &Path) -> Result<AnyStore> {
+    let cfg = EndpointConfig::load(config)?;
+    match (&cfg.store.file, &cfg.store.kube) {
+        (Some(f), _) => {
+            let (store, _problems) = FileStore::open(file_store_config(&cfg, f))?;
+            Ok(AnyStore::File(store))
+        }
+        (None, Some(k)) => {
+            let client = kube_store::client(k).await?;
+            Ok(AnyStore::Kube(KubeStore::new(
+                client,
+                k,
+                &cfg.mesh.istio_namespace,
+            )))
+        }
+        (None, None) => bail!("{}: no store configured", config.display()),
+    }
+}
+
+fn file_store_config(
+    cfg: &EndpointConfig,
+    f: &workload_onboarding::endpoint::config::FileStoreSettings,
+) -> FileStoreConfig {
     FileStoreConfig {
-        config_dir: cfg.store.file.config_dir.clone(),
-        state_dir: cfg.store.file.state_dir.clone(),
+        config_dir: f.config_dir.clone(),
+        state_dir: f.state_dir.clone(),
         istio_namespace: cfg.mesh.istio_namespace.clone(),
         istio_token: cfg.istio_token.clone().unwrap_or(file::IstioTokenSource {
             file: None,
@@ -245,7 +295,25 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
     init_logging(&cfg);
     // One crypto provider for the whole process (see docs/architecture.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = &cfg.store.file.state_dir;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match (&cfg.store.file, &cfg.store.kube) {
+        (Some(f), _) => serve_file(&cfg, f, config_path, dev, &rt),
+        (None, Some(k)) => serve_kube(&cfg, k, config_path, dev, &rt),
+        (None, None) => bail!("{}: no store configured", config_path.display()),
+    }
+}
+
+fn serve_file(
+    cfg: &EndpointConfig,
+    f: &workload_onboarding::endpoint::config::FileStoreSettings,
+    config_path: &Path,
+    dev: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let state = &f.state_dir;
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
 
@@ -266,10 +334,68 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
     let tokens =
         token::SessionTokens::from_pem(&key_pem, &plane_uid, cfg.token_issuer.expiration.as_std())
             .with_context(|| format!("session signing key {}", key_path.display()))?;
+    let tls_cfg = tls_config(cfg, config_path, dev, Some(state))?;
+    if cfg.istio_token.is_none() {
+        tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
+    }
 
-    let (cert_file, key_file) = match (&cfg.tls, dev) {
-        (Some(t), _) => (t.cert_file.clone(), t.key_file.clone()),
-        (None, true) => {
+    let (store, problems) = FileStore::open(file_store_config(cfg, f))?;
+    log_problems(&problems);
+    let _watcher = file::watch(store.clone(), |p| {
+        tracing::info!("config directory changed; reloaded");
+        log_problems(&p);
+    })
+    .context("cannot watch the config directory")?;
+    rt.block_on(run_endpoint(cfg, config_path, store, plane_uid, tokens, tls_cfg))
+}
+
+fn serve_kube(
+    cfg: &EndpointConfig,
+    k: &kube_store::KubeStoreSettings,
+    config_path: &Path,
+    dev: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let tls_cfg = tls_config(cfg, config_path, dev, None)?;
+    rt.block_on(async {
+        let client = kube_store::client(k).await?;
+        let namespace = client.default_namespace().to_string();
+        // Every replica must sign and check session tokens with one key under one plane
+        // UID: both live in a Secret of the endpoint's namespace (created once).
+        let shared = kube_store::plane::load_or_create(&client, &namespace, &k.state_secret, || {
+            Ok(kube_store::plane::PlaneState {
+                plane_uid: uuid::Uuid::new_v4().to_string(),
+                signing_key_pem: token::generate_signing_key_pem().map_err(|e| e.to_string())?,
+            })
+        })
+        .await?;
+        let plane_uid = cfg.plane_uid.clone().unwrap_or(shared.plane_uid);
+        let key_pem = match &cfg.token_issuer.signing_key_file {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read tokenIssuer.signingKeyFile {}", p.display()))?,
+            None => shared.signing_key_pem,
+        };
+        let tokens = token::SessionTokens::from_pem(
+            &key_pem,
+            &plane_uid,
+            cfg.token_issuer.expiration.as_std(),
+        )
+        .with_context(|| format!("session signing key in Secret {namespace}/{}", k.state_secret))?;
+        let store = KubeStore::new(client, k, &cfg.mesh.istio_namespace);
+        store.start_watches(&cfg.mesh.istio_namespace);
+        run_endpoint(cfg, config_path, store, plane_uid, tokens, tls_cfg).await
+    })
+}
+
+fn tls_config(
+    cfg: &EndpointConfig,
+    config_path: &Path,
+    dev: bool,
+    state: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let (cert_file, key_file) = match (&cfg.tls, dev, state) {
+        (Some(t), _, _) => (t.cert_file.clone(), t.key_file.clone()),
+        (None, true, Some(state)) => {
             let host = hostname();
             let (ca, crt, key) = tls::dev_certificate(
                 &state.join("dev-tls"),
@@ -279,19 +405,35 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
             println!("dev CA: {}", ca.display());
             (crt, key)
         }
-        (None, false) => bail!(
+        (None, true, None) => bail!(
+            "{}: --dev keeps its certificate in the file store's state directory; with store.kube \
+             give the endpoint tls.certFile/tls.keyFile (a Secret mounted in the pod)",
+            config_path.display()
+        ),
+        (None, false, _) => bail!(
             "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
              (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
             config_path.display()
         ),
     };
-    let tls_cfg = tls::server_config(tls::load_certs(&cert_file)?, tls::load_key(&key_file)?)?;
+    Ok(tls::server_config(tls::load_certs(&cert_file)?, tls::load_key(&key_file)?)?)
+}
 
+/// Everything after the store: authentication, the service, the cleanup loop, the server.
+async fn run_endpoint<S: Store>(
+    cfg: &EndpointConfig,
+    config_path: &Path,
+    store: S,
+    plane_uid: String,
+    tokens: token::SessionTokens,
+    tls_cfg: Arc<rustls::ServerConfig>,
+) -> Result<()> {
     let jwt = if cfg.authentication.jwt.issuers.is_empty() {
         None
     } else {
         let v = JwtVerifier::new(&cfg.authentication.jwt.issuers)?;
-        for (issuer, problem) in v.prefetch() {
+        let prefetch = tokio::task::block_in_place(|| v.prefetch());
+        for (issuer, problem) in prefetch {
             tracing::warn!(%issuer, %problem, "cannot fetch the issuer's keys yet; will retry on first use");
         }
         Some(v)
@@ -314,17 +456,6 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
             "authentication.aws.api is not set: EC2 IAM roles are unknown, so policies listing ec2.iamRoleNames will not match"
         );
     }
-    if cfg.istio_token.is_none() {
-        tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
-    }
-
-    let (store, problems) = FileStore::open(file_store_config(&cfg))?;
-    log_problems(&problems);
-    let _watcher = file::watch(store.clone(), |p| {
-        tracing::info!("config directory changed; reloaded");
-        log_problems(&p);
-    })
-    .context("cannot watch the config directory")?;
 
     let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone())?;
     let instance = cfg.instance_name.clone().unwrap_or_else(hostname);
@@ -345,45 +476,39 @@ fn serve(config_path: &Path, dev: bool) -> Result<()> {
         max_connections: cfg.server.max_connections,
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        // Tests and scripts read this line to learn the port when listening on :0.
-        println!("onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}");
-        tracing::info!(%addr, %plane_uid, %instance, "serving");
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let sweeper = {
-            let svc = svc.clone();
-            let every = (settings.keep_alive_timeout / 3)
-                .min(settings.grace_period / 4)
-                .clamp(Duration::from_millis(200), Duration::from_secs(10));
-            let mut rx = rx.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = rx.changed() => break,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    if let Err(e) = svc.sweep().await {
-                        tracing::error!(error = %e, "cleanup pass failed");
-                    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    println!("onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}");
+    tracing::info!(%addr, %plane_uid, %instance, "serving");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let sweeper = {
+        let svc = svc.clone();
+        let every = (settings.keep_alive_timeout / 3)
+            .min(settings.grace_period / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.changed() => break,
+                    _ = tokio::time::sleep(every) => {}
                 }
-            })
-        };
-        let server = tokio::spawn(server::serve(listener, tls_cfg, svc, opts, rx));
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-        let _ = sweeper.await;
-        let _ = server.await;
-        Ok::<(), anyhow::Error>(())
-    })
+                if let Err(e) = svc.sweep().await {
+                    tracing::error!(error = %e, "cleanup pass failed");
+                }
+            }
+        })
+    };
+    let server = tokio::spawn(server::serve(listener, tls_cfg, svc, opts, rx));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = sweeper.await;
+    let _ = server.await;
+    Ok(())
 }
 
 async fn shutdown_signal() {
