@@ -15,11 +15,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$here"
+# GO_BIN_CACHE moves the cache out of the checkout (CI clones afresh each run; a cache in
+# $HOME survives between runs on the same machine). Default: .cache/go-bin at the repo root.
+cache=${GO_BIN_CACHE:-$root/.cache/go-bin}
 
 pseudo=$(sed -n 's/^[[:space:]]*istio.io\/istio \(v[^ ]*\).*/\1/p' go.mod | head -n1)
 [ -n "$pseudo" ] || { echo "build.sh: no istio.io/istio version in go.mod" >&2; exit 1; }
 commit=${pseudo##*-}          # v0.0.0-20260827124520-eed52ebb66ad -> eed52ebb66ad
-out="$root/.cache/go-bin/istio-$commit"
+out="$cache/istio-$commit"
 key=$(cat go.mod go.sum build.sh | sha256sum | cut -c1-16)
 bins=(pilot-discovery pilot-agent istioctl)
 files=(crd-all.gen.yaml istio-start.sh)
@@ -51,7 +54,7 @@ ver="$(cat "$moddir/VERSION")-dev"
 p=istio.io/istio/pkg/version
 ldflags="-s -w -X $p.buildVersion=$ver -X $p.buildGitRevision=$commit -X $p.buildStatus=Clean -X $p.buildTag=$ver -X $p.buildHub=local"
 
-tmp="$root/.cache/go-bin/.istio-$commit.tmp.$$"
+tmp="$cache/.istio-$commit.tmp.$$"
 rm -rf "$tmp"; mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 echo "istio-harness: building ${bins[*]} ($pseudo, key $key) into $out"

@@ -14,10 +14,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$here"
+# GO_BIN_CACHE moves the cache out of the checkout (CI clones afresh each run; a cache in
+# $HOME survives between runs on the same machine). Default: .cache/go-bin at the repo root.
+cache=${GO_BIN_CACHE:-$root/.cache/go-bin}
 
 version=$(sed -n 's/^[[:space:]]*k8s.io\/kubernetes \(v[0-9.]*\).*/\1/p' go.mod | head -n1)
 [ -n "$version" ] || { echo "build.sh: no k8s.io/kubernetes version in go.mod" >&2; exit 1; }
-out="$root/.cache/go-bin/k8s-$version"
+out="$cache/k8s-$version"
 key=$(cat go.mod go.sum build.sh $(find cmd -name '*.go' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 bins=(kube-apiserver kubectl kube-harness)
 
@@ -44,7 +47,7 @@ pkg=k8s.io/component-base/version
 # Without these /version and `kubectl version` say v0.0.0-master.
 ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 
-tmp="$root/.cache/go-bin/.k8s-$version.tmp.$$"
+tmp="$cache/.k8s-$version.tmp.$$"
 rm -rf "$tmp"; mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 echo "kube-harness: building ${bins[*]} ($version, key $key) into $out"
