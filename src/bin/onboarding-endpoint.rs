@@ -458,7 +458,13 @@ async fn run_endpoint<S: Store>(
     }
 
     let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone())?;
-    let instance = cfg.instance_name.clone().unwrap_or_else(hostname);
+    // In a pod, the downward API gives the pod name (packaging/kubernetes/deployment.yaml).
+    let instance = cfg
+        .instance_name
+        .clone()
+        .or_else(|| std::env::var("ONBOARDING_ENDPOINT_INSTANCE").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(hostname);
     let settings = ServiceSettings {
         plane_uid: plane_uid.clone(),
         instance: instance.clone(),

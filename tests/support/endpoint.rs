@@ -146,6 +146,10 @@ pub struct Extra {
     pub manifests: Vec<(String, String)>,
     /// Environment variables for the endpoint process.
     pub env: Vec<(String, String)>,
+    /// Replaces the `store:` and `istioToken:` sections (e.g. a `store: {kube: ...}`).
+    pub store: Option<String>,
+    /// Replaces `instanceName: endpoint-test` (replicas need names of their own).
+    pub instance_name: Option<String>,
 }
 
 pub struct Endpoint {
@@ -186,7 +190,7 @@ impl Endpoint {
                 r#"apiVersion: config.endpoint.onboarding.tetrate.io/v1alpha1
 kind: EndpointConfiguration
 listen: 127.0.0.1:0
-instanceName: endpoint-test
+instanceName: {instance}
 tls: {{certFile: tls.crt, keyFile: tls.key}}
 tokenIssuer: {{expiration: {exp}}}
 registration:
@@ -202,16 +206,17 @@ authentication:
       jwksFile: {jwks}
       tokenFields: {{attributes: {{jsonPath: .attributes}}}}
 {auth_extra}
-store:
-  file: {{configDir: config, stateDir: state}}
+{store}
 mesh:
   istiodGateway: 10.20.30.40
-istioToken:
-  command: [sh, -c, "echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT"]
 # Small enough that an oversized test body still fits the socket buffers: the endpoint
 # answers 413 without reading it, and a larger body would meet a closed connection.
 server: {{maxBodyBytes: 8192}}
 "#,
+                instance = extra.instance_name.as_deref().unwrap_or("endpoint-test"),
+                store = extra.store.as_deref().unwrap_or(
+                    "store:\n  file: {configDir: config, stateDir: state}\nistioToken:\n  command: [sh, -c, \"echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT\"]"
+                ),
                 exp = opts.token_expiration,
                 grace = opts.grace,
                 kai = opts.keep_alive_interval,

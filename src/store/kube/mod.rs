@@ -627,3 +627,41 @@ impl Store for KubeStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::endpoint::config::EndpointConfig;
+
+    fn load(store: &str, extra: &str) -> Result<EndpointConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.yaml");
+        std::fs::write(&p, format!("store:\n{store}\n{extra}")).unwrap();
+        EndpointConfig::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn kube_store_config_defaults_and_checks() {
+        let c = load("  kube: {kubeconfig: kc.yaml}", "").unwrap();
+        let k = c.store.kube.as_ref().unwrap();
+        assert!(k.kubeconfig.as_ref().unwrap().is_absolute(), "relative to the config file");
+        assert_eq!(k.field_manager, "onboarding-endpoint");
+        assert_eq!(k.state_secret, "onboarding-endpoint-state");
+        assert_eq!(k.istio_token_expiration.as_std().as_secs(), 3600);
+        assert!(c.store.file.is_none());
+        // In-cluster: an empty block is enough.
+        assert!(load("  kube: {}", "").is_ok());
+
+        let e = load("  kube: {istioTokenExpiration: 5m}", "").unwrap_err();
+        assert!(e.contains("store.kube.istioTokenExpiration") && e.contains("10m"), "{e}");
+        let e = load("  kube: {}\n  file: {configDir: c, stateDir: s}", "").unwrap_err();
+        assert!(e.contains("exactly one of file or kube"), "{e}");
+        let e = load("  {}", "").unwrap_err();
+        assert!(e.contains("exactly one of file or kube"), "{e}");
+        let e = load("  kube: {}", "istioToken: {command: [x]}\n").unwrap_err();
+        assert!(e.contains("istioToken") && e.contains("TokenRequest"), "{e}");
+        let e = load("  kube: {stateSecret: Not_A_Name}", "").unwrap_err();
+        assert!(e.contains("store.kube.stateSecret"), "{e}");
+        let e = load("  kube: {kubeconfg: x}", "").unwrap_err();
+        assert!(e.contains("kubeconfg"), "{e}");
+    }
+}
