@@ -16,7 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use agent_support::{Agent, wait_for};
-use endpoint::{Endpoint, Extra, MESH, NS, Options, POLICY, WORKLOAD_GROUP, read, repo};
+use endpoint::{
+    Endpoint, Extra, MESH, NS, Options, POLICY, StoreChoice, WORKLOAD_GROUP, read, repo,
+};
 use kube::KubeHarness;
 
 const WAR: &str = "ratings-jwt-corp-vm-0001";
@@ -28,7 +30,11 @@ fn crds_output() -> String {
         .arg("crds")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -115,15 +121,15 @@ current-context: {sa}
 
 fn kube_endpoint(h: &KubeHarness, opts: Options, instance: &str) -> Endpoint {
     let kubeconfig = service_account_kubeconfig(h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
-    Endpoint::start_with(
+    Endpoint::start_in(
         opts,
-        Extra {
+        Extra::default(),
+        StoreChoice {
             store: Some(format!(
                 "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
                 kubeconfig.display()
             )),
             instance_name: Some(instance.to_string()),
-            ..Extra::default()
         },
     )
 }
@@ -154,12 +160,25 @@ fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl(
     // `kubectl get war -A`: the columns spec/004 shows, from the CRD's printer columns.
     let table = h.kubectl(&["get", "war", "-A"]);
     let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap().split("  ").filter(|s| !s.is_empty()).map(str::trim).collect();
-    assert_eq!(header, ["NAMESPACE", "NAME", "AGENT CONNECTED", "AGE"], "{table}");
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|s| !s.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        ["NAMESPACE", "NAME", "AGENT CONNECTED", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], [NS, WAR, "True"], "{table}");
     let wide = h.kubectl(&["get", "war", "-n", NS, "-o", "wide"]);
-    assert!(wide.contains("CONNECTED TO") && wide.contains("endpoint-a"), "{wide}");
+    assert!(
+        wide.contains("CONNECTED TO") && wide.contains("endpoint-a"),
+        "{wide}"
+    );
 
     // `kubectl describe war`: identity, registration, conditions.
     let described = h.kubectl(&["-n", NS, "describe", "war", WAR]);
@@ -174,7 +193,10 @@ fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl(
         "Type:                  AgentConnected",
         "Reason:                AgentEstablishedConnection",
     ] {
-        assert!(described.contains(needle), "describe lacks {needle:?}:\n{described}");
+        assert!(
+            described.contains(needle),
+            "describe lacks {needle:?}:\n{described}"
+        );
     }
 
     // Owner references: WorkloadGroup -> WAR -> WorkloadEntry, with the server's uids.
@@ -233,7 +255,16 @@ fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl(
     assert!(out.contains(WAR) && out.contains("True"), "{out}");
 
     // The shared state Secret exists, made by the endpoint (create-if-absent).
-    let secret = h.kubectl_json(&["-n", ENDPOINT_NS, "get", "secret", "onboarding-endpoint-state"], None);
+    let secret = h.kubectl_json(
+        &[
+            "-n",
+            ENDPOINT_NS,
+            "get",
+            "secret",
+            "onboarding-endpoint-state",
+        ],
+        None,
+    );
     assert!(secret["data"]["plane-uid"].is_string(), "{secret}");
     drop(agent);
 }
@@ -256,8 +287,14 @@ fn deleted_war_makes_the_agent_onboard_again_with_the_current_group() {
 
     // The group changes; running workloads keep their snapshot...
     h.kubectl(&[
-        "-n", NS, "patch", "workloadgroup", "ratings", "--type=merge",
-        "-p", r#"{"spec":{"template":{"labels":{"app":"ratings","class":"vm","edition":"two"}}}}"#,
+        "-n",
+        NS,
+        "patch",
+        "workloadgroup",
+        "ratings",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"labels":{"app":"ratings","class":"vm","edition":"two"}}}}"#,
     ]);
     std::thread::sleep(Duration::from_secs(2));
     let we = h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
@@ -268,14 +305,22 @@ fn deleted_war_makes_the_agent_onboard_again_with_the_current_group() {
     wait_for("a new WAR", Duration::from_secs(60), || {
         war_json(&h, WAR).is_some_and(|w| w["metadata"]["uid"] != first_uid)
     });
-    wait_for("the WorkloadEntry of the new snapshot", Duration::from_secs(30), || {
-        let out = h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR, "-o", "json"], None);
-        out.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .is_ok_and(|we| we["spec"]["labels"]["edition"] == "two")
-    });
+    wait_for(
+        "the WorkloadEntry of the new snapshot",
+        Duration::from_secs(30),
+        || {
+            let out =
+                h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR, "-o", "json"], None);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|we| we["spec"]["labels"]["edition"] == "two")
+        },
+    );
     let war = war_json(&h, WAR).unwrap();
     let we = h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
-    assert_eq!(we["metadata"]["ownerReferences"][0]["uid"], war["metadata"]["uid"]);
+    assert_eq!(
+        we["metadata"]["ownerReferences"][0]["uid"],
+        war["metadata"]["uid"]
+    );
     drop(agent);
 }

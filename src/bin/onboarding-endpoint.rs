@@ -346,7 +346,14 @@ fn serve_file(
         log_problems(&p);
     })
     .context("cannot watch the config directory")?;
-    rt.block_on(run_endpoint(cfg, config_path, store, plane_uid, tokens, tls_cfg))
+    rt.block_on(run_endpoint(
+        cfg,
+        config_path,
+        store,
+        plane_uid,
+        tokens,
+        tls_cfg,
+    ))
 }
 
 fn serve_kube(
@@ -362,17 +369,20 @@ fn serve_kube(
         let namespace = client.default_namespace().to_string();
         // Every replica must sign and check session tokens with one key under one plane
         // UID: both live in a Secret of the endpoint's namespace (created once).
-        let shared = kube_store::plane::load_or_create(&client, &namespace, &k.state_secret, || {
-            Ok(kube_store::plane::PlaneState {
-                plane_uid: uuid::Uuid::new_v4().to_string(),
-                signing_key_pem: token::generate_signing_key_pem().map_err(|e| e.to_string())?,
+        let shared =
+            kube_store::plane::load_or_create(&client, &namespace, &k.state_secret, || {
+                Ok(kube_store::plane::PlaneState {
+                    plane_uid: uuid::Uuid::new_v4().to_string(),
+                    signing_key_pem: token::generate_signing_key_pem()
+                        .map_err(|e| e.to_string())?,
+                })
             })
-        })
-        .await?;
+            .await?;
         let plane_uid = cfg.plane_uid.clone().unwrap_or(shared.plane_uid);
         let key_pem = match &cfg.token_issuer.signing_key_file {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read tokenIssuer.signingKeyFile {}", p.display()))?,
+            Some(p) => std::fs::read_to_string(p).with_context(|| {
+                format!("cannot read tokenIssuer.signingKeyFile {}", p.display())
+            })?,
             None => shared.signing_key_pem,
         };
         let tokens = token::SessionTokens::from_pem(
@@ -380,7 +390,12 @@ fn serve_kube(
             &plane_uid,
             cfg.token_issuer.expiration.as_std(),
         )
-        .with_context(|| format!("session signing key in Secret {namespace}/{}", k.state_secret))?;
+        .with_context(|| {
+            format!(
+                "session signing key in Secret {namespace}/{}",
+                k.state_secret
+            )
+        })?;
         let store = KubeStore::new(client, k, &cfg.mesh.istio_namespace);
         store.start_watches(&cfg.mesh.istio_namespace);
         run_endpoint(cfg, config_path, store, plane_uid, tokens, tls_cfg).await
@@ -416,7 +431,10 @@ fn tls_config(
             config_path.display()
         ),
     };
-    Ok(tls::server_config(tls::load_certs(&cert_file)?, tls::load_key(&key_file)?)?)
+    Ok(tls::server_config(
+        tls::load_certs(&cert_file)?,
+        tls::load_key(&key_file)?,
+    )?)
 }
 
 /// Everything after the store: authentication, the service, the cleanup loop, the server.
@@ -487,7 +505,9 @@ async fn run_endpoint<S: Store>(
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on :0.
-    println!("onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}");
+    println!(
+        "onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}"
+    );
     tracing::info!(%addr, %plane_uid, %instance, "serving");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let sweeper = {

@@ -607,9 +607,11 @@ impl EndpointConfig {
             (Some(_), None) => {}
             (None, Some(k)) => {
                 if self.istio_token.is_some() {
-                    return Err("istioToken: only the file store reads tokens from a file or a command; \
+                    return Err(
+                        "istioToken: only the file store reads tokens from a file or a command; \
                          the kube store asks the TokenRequest API (store.kube.istioTokenExpiration)"
-                        .into());
+                            .into(),
+                    );
                 }
                 k.validate().map_err(|e| format!("store.kube.{e}"))?;
             }

@@ -146,9 +146,15 @@ pub struct Extra {
     pub manifests: Vec<(String, String)>,
     /// Environment variables for the endpoint process.
     pub env: Vec<(String, String)>,
+}
+
+/// Where an endpoint keeps its registrations and what it is called: tests of the
+/// Kubernetes store and of several replicas set these.
+#[derive(Default)]
+pub struct StoreChoice {
     /// Replaces the `store:` and `istioToken:` sections (e.g. a `store: {kube: ...}`).
     pub store: Option<String>,
-    /// Replaces `instanceName: endpoint-test` (replicas need names of their own).
+    /// Replaces `instanceName: endpoint-test`.
     pub instance_name: Option<String>,
 }
 
@@ -169,6 +175,10 @@ impl Endpoint {
     }
 
     pub fn start_with(opts: Options, extra: Extra) -> Endpoint {
+        Endpoint::start_in(opts, extra, StoreChoice::default())
+    }
+
+    pub fn start_in(opts: Options, extra: Extra, choice: StoreChoice) -> Endpoint {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir_all(p.join("config")).unwrap();
@@ -213,8 +223,8 @@ mesh:
 # answers 413 without reading it, and a larger body would meet a closed connection.
 server: {{maxBodyBytes: 8192}}
 "#,
-                instance = extra.instance_name.as_deref().unwrap_or("endpoint-test"),
-                store = extra.store.as_deref().unwrap_or(
+                instance = choice.instance_name.as_deref().unwrap_or("endpoint-test"),
+                store = choice.store.as_deref().unwrap_or(
                     "store:\n  file: {configDir: config, stateDir: state}\nistioToken:\n  command: [sh, -c, \"echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT\"]"
                 ),
                 exp = opts.token_expiration,

@@ -240,7 +240,10 @@ mod tests {
     fn relist_is_swapped_in_whole_and_keeps_last_good_objects() {
         let c = Caches::new("istio-system");
         c.apply_group(CacheEvent::Init);
-        c.apply_group(CacheEvent::InitApply(key("a", "g1"), Ok(group("a", "g1", "s1"))));
+        c.apply_group(CacheEvent::InitApply(
+            key("a", "g1"),
+            Ok(group("a", "g1", "s1")),
+        ));
         assert_eq!(sa_of(&c, "a", "g1"), None, "not visible before InitDone");
         c.apply_group(CacheEvent::InitDone);
         assert_eq!(sa_of(&c, "a", "g1").as_deref(), Some("s1"));
@@ -250,13 +253,20 @@ mod tests {
         assert_eq!(p.as_deref(), Some("bad spec"));
         assert_eq!(sa_of(&c, "a", "g1").as_deref(), Some("s1"));
 
-        c.apply_group(CacheEvent::Apply(key("a", "g2"), Ok(group("a", "g2", "s2"))));
+        c.apply_group(CacheEvent::Apply(
+            key("a", "g2"),
+            Ok(group("a", "g2", "s2")),
+        ));
         assert_eq!(sa_of(&c, "a", "g2").as_deref(), Some("s2"));
 
         // A re-list (after a dropped watch): g2 is gone, g1 does not parse (old copy stays).
         c.apply_group(CacheEvent::Init);
         c.apply_group(CacheEvent::InitApply(key("a", "g1"), Err("bad".into())));
-        assert_eq!(sa_of(&c, "a", "g2").as_deref(), Some("s2"), "old list until done");
+        assert_eq!(
+            sa_of(&c, "a", "g2").as_deref(),
+            Some("s2"),
+            "old list until done"
+        );
         c.apply_group(CacheEvent::InitDone);
         assert_eq!(sa_of(&c, "a", "g2"), None);
         assert_eq!(sa_of(&c, "a", "g1").as_deref(), Some("s1"));
@@ -295,7 +305,12 @@ mod tests {
             Kind::IstioConfigMap,
             CacheEvent::Apply(
                 key("istio-system", "istio-canary"),
-                Ok(cm("istio-system", "istio-canary", "mesh", "trustDomain: td.example\n")),
+                Ok(cm(
+                    "istio-system",
+                    "istio-canary",
+                    "mesh",
+                    "trustDomain: td.example\n",
+                )),
             ),
         );
         c.apply_config_map(
@@ -305,10 +320,15 @@ mod tests {
                 Ok(cm("bookinfo", "istio-ca-root-cert", "root-cert.pem", "PEM")),
             ),
         );
-        let mesh = c.with_index(|ix| ix.mesh_config(Some("canary"))).unwrap().unwrap();
+        let mesh = c
+            .with_index(|ix| ix.mesh_config(Some("canary")))
+            .unwrap()
+            .unwrap();
         assert_eq!(mesh["trustDomain"], "td.example");
         assert_eq!(
-            c.with_index(|ix| ix.root_cert("bookinfo")).flatten().as_deref(),
+            c.with_index(|ix| ix.root_cert("bookinfo"))
+                .flatten()
+                .as_deref(),
             Some("PEM")
         );
         assert_eq!(c.with_index(|ix| ix.root_cert("other")).flatten(), None);

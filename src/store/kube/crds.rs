@@ -8,6 +8,10 @@
 //! transparent newtypes over the spec types. `WarObject` / `PolicyObject` are what the
 //! Kubernetes store sends and receives; `convert` maps them to and from the API types.
 
+// Several `printcolumn(...)` in one `#[kube]` attribute repeat keys (type_, priority) by
+// design; clippy takes them for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -138,7 +142,8 @@ mod tests {
         assert!(status.get("conditions").is_some());
         assert!(status.get("activeAgentConnection").is_some());
         let policy = serde_json::to_value(PolicyObject::crd()).unwrap();
-        let pspec = &policy["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let pspec =
+            &policy["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert!(pspec["properties"]["allow"].is_object(), "{pspec}");
     }
 
@@ -162,6 +167,9 @@ mod tests {
             }
         }
         walk(&serde_json::to_value(WarObject::crd()).unwrap(), "war");
-        walk(&serde_json::to_value(PolicyObject::crd()).unwrap(), "policy");
+        walk(
+            &serde_json::to_value(PolicyObject::crd()).unwrap(),
+            "policy",
+        );
     }
 }

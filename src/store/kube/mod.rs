@@ -21,8 +21,8 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, Preconditions, PropagationPolicy,
 };
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
@@ -114,10 +114,20 @@ pub fn gvk_resource(group: &str, version: &str, kind: &str, plural: &str) -> Api
 }
 
 pub fn workload_group_resource() -> ApiResource {
-    gvk_resource("networking.istio.io", "v1", "WorkloadGroup", "workloadgroups")
+    gvk_resource(
+        "networking.istio.io",
+        "v1",
+        "WorkloadGroup",
+        "workloadgroups",
+    )
 }
 pub fn workload_entry_resource() -> ApiResource {
-    gvk_resource("networking.istio.io", "v1", "WorkloadEntry", "workloadentries")
+    gvk_resource(
+        "networking.istio.io",
+        "v1",
+        "WorkloadEntry",
+        "workloadentries",
+    )
 }
 pub fn sidecar_resource() -> ApiResource {
     gvk_resource("networking.istio.io", "v1", "Sidecar", "sidecars")
@@ -339,7 +349,10 @@ fn spawn_watch<K>(
                 Ok(ev) => {
                     let done = matches!(ev, Event::InitDone);
                     if let Some(problem) = apply(ev) {
-                        tracing::error!(kind = what, "{problem}; its last good version (if any) stays in force");
+                        tracing::error!(
+                            kind = what,
+                            "{problem}; its last good version (if any) stays in force"
+                        );
                     }
                     if done && !listed {
                         listed = true;
@@ -385,7 +398,9 @@ impl Store for KubeStore {
     }
 
     fn root_cert(&self, namespace: &str) -> Option<String> {
-        self.caches.with_index(|ix| ix.root_cert(namespace)).flatten()
+        self.caches
+            .with_index(|ix| ix.root_cert(namespace))
+            .flatten()
     }
 
     fn is_ready(&self) -> bool {
@@ -420,10 +435,14 @@ impl Store for KubeStore {
             .list(&ListParams::default())
             .await
             .map_err(|e| api_err("cannot list WARs", e))?;
-        let mut out: Vec<WorkloadAutoRegistration> =
-            list.items.into_iter().map(convert::war_from_object).collect();
+        let mut out: Vec<WorkloadAutoRegistration> = list
+            .items
+            .into_iter()
+            .map(convert::war_from_object)
+            .collect();
         out.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         Ok(out)
     }
@@ -542,10 +561,11 @@ impl Store for KubeStore {
     async fn collect_orphans(&self) -> Result<usize, StoreError> {
         // Entries first, then WARs: an entry is always written after its WAR, so every
         // owner that exists at the first list is in the second.
-        let entries = Api::<DynamicObject>::all_with(self.client.clone(), &workload_entry_resource())
-            .list(&ListParams::default().labels(LABEL_WORKLOAD_GROUP))
-            .await
-            .map_err(|e| api_err("cannot list WorkloadEntries", e))?;
+        let entries =
+            Api::<DynamicObject>::all_with(self.client.clone(), &workload_entry_resource())
+                .list(&ListParams::default().labels(LABEL_WORKLOAD_GROUP))
+                .await
+                .map_err(|e| api_err("cannot list WorkloadEntries", e))?;
         let live: HashSet<String> = Api::<WarObject>::all(self.client.clone())
             .list_metadata(&ListParams::default())
             .await
@@ -577,7 +597,12 @@ impl Store for KubeStore {
                     removed += 1;
                 }
                 Err(e) if is_status(&e, |s| s.is_not_found() || s.is_conflict()) => {}
-                Err(e) => return Err(api_err(&format!("cannot delete WorkloadEntry {ns}/{name}"), e)),
+                Err(e) => {
+                    return Err(api_err(
+                        &format!("cannot delete WorkloadEntry {ns}/{name}"),
+                        e,
+                    ));
+                }
             }
         }
         Ok(removed)
@@ -643,7 +668,10 @@ mod tests {
     fn kube_store_config_defaults_and_checks() {
         let c = load("  kube: {kubeconfig: kc.yaml}", "").unwrap();
         let k = c.store.kube.as_ref().unwrap();
-        assert!(k.kubeconfig.as_ref().unwrap().is_absolute(), "relative to the config file");
+        assert!(
+            k.kubeconfig.as_ref().unwrap().is_absolute(),
+            "relative to the config file"
+        );
         assert_eq!(k.field_manager, "onboarding-endpoint");
         assert_eq!(k.state_secret, "onboarding-endpoint-state");
         assert_eq!(k.istio_token_expiration.as_std().as_secs(), 3600);
@@ -652,13 +680,19 @@ mod tests {
         assert!(load("  kube: {}", "").is_ok());
 
         let e = load("  kube: {istioTokenExpiration: 5m}", "").unwrap_err();
-        assert!(e.contains("store.kube.istioTokenExpiration") && e.contains("10m"), "{e}");
+        assert!(
+            e.contains("store.kube.istioTokenExpiration") && e.contains("10m"),
+            "{e}"
+        );
         let e = load("  kube: {}\n  file: {configDir: c, stateDir: s}", "").unwrap_err();
         assert!(e.contains("exactly one of file or kube"), "{e}");
         let e = load("  {}", "").unwrap_err();
         assert!(e.contains("exactly one of file or kube"), "{e}");
         let e = load("  kube: {}", "istioToken: {command: [x]}\n").unwrap_err();
-        assert!(e.contains("istioToken") && e.contains("TokenRequest"), "{e}");
+        assert!(
+            e.contains("istioToken") && e.contains("TokenRequest"),
+            "{e}"
+        );
         let e = load("  kube: {stateSecret: Not_A_Name}", "").unwrap_err();
         assert!(e.contains("store.kube.stateSecret"), "{e}");
         let e = load("  kube: {kubeconfg: x}", "").unwrap_err();

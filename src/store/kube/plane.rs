@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 
 use crate::store::StoreError;
 
@@ -79,11 +79,8 @@ pub async fn load_or_create(
 ) -> Result<PlaneState, StoreError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |s: Secret| {
-        from_secret_data(
-            &format!("{namespace}/{name}"),
-            &s.data.unwrap_or_default(),
-        )
-        .map_err(StoreError::Io)
+        from_secret_data(&format!("{namespace}/{name}"), &s.data.unwrap_or_default())
+            .map_err(StoreError::Io)
     };
     let io = |e: kube::Error| StoreError::Io(format!("Secret {namespace}/{name}: {e}"));
     if let Some(s) = api.get_opt(name).await.map_err(io)? {
@@ -121,7 +118,10 @@ mod tests {
         let mut data = s.data.unwrap();
         data.remove(KEY_SIGNING_KEY);
         let e = from_secret_data("onboarding/state", &data).unwrap_err();
-        assert!(e.contains("session-signing-key.pem") && e.contains("onboarding/state"), "{e}");
+        assert!(
+            e.contains("session-signing-key.pem") && e.contains("onboarding/state"),
+            "{e}"
+        );
         data.insert(KEY_SIGNING_KEY.into(), ByteString(b"k".to_vec()));
         data.insert(KEY_PLANE_UID.into(), ByteString(b"  ".to_vec()));
         assert!(from_secret_data("s", &data).unwrap_err().contains("empty"));
