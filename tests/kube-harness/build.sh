@@ -11,6 +11,8 @@
 # module's go.mod, go.sum, the harness sources and this script (the .key file in it): a
 # changed module graph or harness rebuilds, anything else is a no-op.
 set -euo pipefail
+# All in one block: bash parses it whole, so editing this file while a build runs is safe.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$here"
@@ -61,3 +63,5 @@ for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 echo "$key" > "$out/.key"
 echo "kube-harness: built in $(( $(date +%s) - start ))s:"
 ls -l "$out"
+exit 0
+}

@@ -247,6 +247,9 @@ func startAPIServer(bin, dir string, c *pkiFiles, etcdURL string, port, verbosit
 	args := []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// The default endpoint reconciler refuses a loopback advertise address ("may not
+		// be in the loopback range"); nothing here needs the kubernetes Service endpoints.
+		"--endpoint-reconciler-type=none",
 		"--secure-port=" + strconv.Itoa(port),
 		"--etcd-servers=" + etcdURL,
 		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
