@@ -182,19 +182,27 @@ fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl(
 
     // `kubectl describe war`: identity, registration, conditions.
     let described = h.kubectl(&["-n", NS, "describe", "war", WAR]);
+    // kubectl aligns values per block; compare with runs of spaces collapsed.
+    let squeezed: Vec<String> = described
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     for needle in [
-        "Kind:         WorkloadAutoRegistration",
+        "Kind: WorkloadAutoRegistration",
         "Identity:",
         "Jwt:",
-        "Subject:  vm-0001",
+        "Subject: vm-0001",
         "Registration:",
         "Addresses:",
+        "Labels:",
+        "Version: v5",
         "Conditions:",
-        "Type:                  AgentConnected",
-        "Reason:                AgentEstablishedConnection",
+        "Type: AgentConnected",
+        "Reason: AgentEstablishedConnection",
+        "Connected To: endpoint-a",
     ] {
         assert!(
-            described.contains(needle),
+            squeezed.iter().any(|l| l == needle),
             "describe lacks {needle:?}:\n{described}"
         );
     }
@@ -221,7 +229,11 @@ fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl(
         war["status"]["activeAgentConnection"]["connectedTo"],
         "endpoint-a"
     );
-    let managers: Vec<(String, String)> = war["metadata"]["managedFields"]
+    let with_fields = h.kubectl_json(
+        &["-n", NS, "get", "war", WAR, "--show-managed-fields"],
+        None,
+    );
+    let managers: Vec<(String, String)> = with_fields["metadata"]["managedFields"]
         .as_array()
         .unwrap()
         .iter()
