@@ -336,3 +336,39 @@ fn deleted_war_makes_the_agent_onboard_again_with_the_current_group() {
     );
     drop(agent);
 }
+
+#[test]
+fn packaged_manifests_apply_to_the_real_api_server() {
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let dir = repo().join("packaging/kubernetes");
+    let out = h.kubectl(&["apply", "--server-side", "-k", dir.to_str().unwrap()]);
+    for applied in [
+        "customresourcedefinition.apiextensions.k8s.io/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "clusterrole.rbac.authorization.k8s.io/onboarding-endpoint",
+        "deployment.apps/onboarding-endpoint",
+        "service/onboarding-endpoint",
+    ] {
+        assert!(out.contains(applied), "{applied} not applied:\n{out}");
+    }
+    let d = h.kubectl_json(
+        &[
+            "-n",
+            ENDPOINT_NS,
+            "get",
+            "deployment",
+            "onboarding-endpoint",
+        ],
+        None,
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+        "the pod name is the instance"
+    );
+}
