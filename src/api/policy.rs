@@ -18,6 +18,7 @@ pub struct OnboardingPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OnboardingPolicySpec {
     #[serde(default)]
@@ -25,6 +26,7 @@ pub struct OnboardingPolicySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OnboardingPolicyRule {
     #[serde(default)]
@@ -35,6 +37,7 @@ pub struct OnboardingPolicyRule {
 
 /// Exactly one of the platform matchers is set (checked by `policy::validate`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadIdentityMatcher {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +51,7 @@ pub struct WorkloadIdentityMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AwsIdentityMatcher {
     #[serde(default)]
@@ -66,6 +70,7 @@ pub struct AwsIdentityMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ec2Matcher {
     #[serde(default)]
@@ -73,6 +78,7 @@ pub struct Ec2Matcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EcsMatcher {
     #[serde(default)]
@@ -82,6 +88,7 @@ pub struct EcsMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtIdentityMatcher {
     pub issuer: String,
@@ -92,6 +99,7 @@ pub struct JwtIdentityMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AttributeMatcher {
     pub name: String,
@@ -101,6 +109,7 @@ pub struct AttributeMatcher {
 
 /// GCP: projects are required (like AWS accounts), the rest narrows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GcpIdentityMatcher {
     /// Project IDs or project numbers; at least one.
@@ -115,6 +124,7 @@ pub struct GcpIdentityMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GceMatcher {
     #[serde(default)]
@@ -125,6 +135,7 @@ pub struct GceMatcher {
 
 /// Azure: subscriptions are required, the rest narrows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AzureIdentityMatcher {
     #[serde(default)]
@@ -138,6 +149,7 @@ pub struct AzureIdentityMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AzureComputeMatcher {
     #[serde(default)]
@@ -145,6 +157,7 @@ pub struct AzureComputeMatcher {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "endpoint", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadGroupMatcher {
     pub workload_group_selector: LabelSelector,

@@ -18,6 +18,7 @@ use workload_onboarding::identity::jwt::JwtVerifier;
 use workload_onboarding::identity::verify_cli;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
+use workload_onboarding::store::kube::{self as kube_store, KubeStore};
 use workload_onboarding::{atomic, bootstrap, token};
 
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print the CustomResourceDefinitions (OnboardingPolicy, WorkloadAutoRegistration) as
+    /// YAML, for `kubectl apply -f -`.
+    Crds,
     /// Operator tools for host identities.
     Identity {
         #[command(subcommand)]
@@ -180,6 +184,13 @@ fn run() -> Result<()> {
         }
         Command::Serve { config, dev } => serve(&config, dev),
         Command::Render(args) => bootstrap::offline::run(&args),
+        Command::Crds => {
+            print!(
+                "{}",
+                kube_store::crds::crds_yaml().map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(())
+        }
         Command::Identity {
             command: IdentityCommand::Verify(args),
         } => verify_cli::run(&args),
@@ -206,12 +217,12 @@ fn run() -> Result<()> {
             let wars = match &name {
                 Some(name) => {
                     let ns = ns.as_deref().unwrap_or("default");
-                    match block_on(store.get_war(ns, name))? {
+                    match store.get_war(ns, name)? {
                         Some(w) => vec![w],
                         None => return Err(not_found(name, ns)),
                     }
                 }
-                None => block_on(store.list_wars(ns.as_deref()))?,
+                None => store.list_wars(ns.as_deref())?,
             };
             let output = match output {
                 None => cli::Output::Table,
@@ -247,7 +258,7 @@ fn run() -> Result<()> {
         } => {
             check_resource(&resource)?;
             let store = open_store(&config)?;
-            match block_on(store.get_war(&namespace, &name))? {
+            match store.get_war(&namespace, &name)? {
                 Some(w) => {
                     emit(&cli::describe(&w));
                     Ok(())
@@ -263,7 +274,7 @@ fn run() -> Result<()> {
         } => {
             check_resource(&resource)?;
             let store = open_store(&config)?;
-            if block_on(store.delete_registration(&namespace, &name))? {
+            if store.delete_registration(&namespace, &name)? {
                 emit(&format!("workloadautoregistration \"{name}\" deleted\n"));
                 Ok(())
             } else {
@@ -326,16 +337,86 @@ fn load_config(arg: &ConfigArg) -> Result<(PathBuf, EndpointConfig)> {
     Ok((path, cfg))
 }
 
-fn open_store(config: &ConfigArg) -> Result<FileStore> {
-    let (_, cfg) = load_config(config)?;
-    let (store, _problems) = FileStore::open(file_store_config(&cfg))?;
-    Ok(store)
+/// The store the CLI's `get`/`describe`/`delete` read, as configured, with the one runtime
+/// its calls run on (a kube client's connection tasks live on the runtime that made it).
+struct CliStore {
+    rt: tokio::runtime::Runtime,
+    store: AnyStore,
 }
 
-fn file_store_config(cfg: &EndpointConfig) -> FileStoreConfig {
+enum AnyStore {
+    File(FileStore),
+    Kube(KubeStore),
+}
+
+impl CliStore {
+    fn get_war(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<workload_onboarding::api::registration::WorkloadAutoRegistration>> {
+        Ok(self.rt.block_on(async {
+            match &self.store {
+                AnyStore::File(s) => s.get_war(namespace, name).await,
+                AnyStore::Kube(s) => s.get_war(namespace, name).await,
+            }
+        })?)
+    }
+
+    fn list_wars(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<workload_onboarding::api::registration::WorkloadAutoRegistration>> {
+        Ok(self.rt.block_on(async {
+            match &self.store {
+                AnyStore::File(s) => s.list_wars(namespace).await,
+                AnyStore::Kube(s) => s.list_wars(namespace).await,
+            }
+        })?)
+    }
+
+    fn delete_registration(&self, namespace: &str, name: &str) -> Result<bool> {
+        Ok(self.rt.block_on(async {
+            match &self.store {
+                AnyStore::File(s) => s.delete_registration(namespace, name).await,
+                AnyStore::Kube(s) => s.delete_registration(namespace, name).await,
+            }
+        })?)
+    }
+}
+
+fn open_store(config: &ConfigArg) -> Result<CliStore> {
+    let (path, cfg) = load_config(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let store = match (&cfg.store.file, &cfg.store.kube) {
+        (Some(f), _) => {
+            let (store, _problems) = FileStore::open(file_store_config(&cfg, f))?;
+            AnyStore::File(store)
+        }
+        (None, Some(k)) => {
+            let client = rt.block_on(kube_store::client(k))?;
+            AnyStore::Kube(KubeStore::new(client, k, &cfg.mesh.istio_namespace))
+        }
+        (None, None) => {
+            return Err(usage(anyhow::anyhow!(
+                "{}: no store configured",
+                path.display()
+            )));
+        }
+    };
+    Ok(CliStore { rt, store })
+}
+
+fn file_store_config(
+    cfg: &EndpointConfig,
+    f: &workload_onboarding::endpoint::config::FileStoreSettings,
+) -> FileStoreConfig {
     FileStoreConfig {
-        config_dir: cfg.store.file.config_dir.clone(),
-        state_dir: cfg.store.file.state_dir.clone(),
+        config_dir: f.config_dir.clone(),
+        state_dir: f.state_dir.clone(),
         istio_namespace: cfg.mesh.istio_namespace.clone(),
         istio_token: cfg.istio_token.clone().unwrap_or(file::IstioTokenSource {
             file: None,
@@ -343,8 +424,8 @@ fn file_store_config(cfg: &EndpointConfig) -> FileStoreConfig {
             expiration: None,
         }),
         manifest_limits: workload_onboarding::store::manifests::ManifestLimits {
-            max_file_bytes: cfg.store.file.max_manifest_bytes,
-            max_documents: cfg.store.file.max_manifest_documents,
+            max_file_bytes: f.max_manifest_bytes,
+            max_documents: f.max_manifest_documents,
         },
     }
 }
@@ -384,7 +465,28 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     init_logging(&cfg);
     // One crypto provider for the whole process (see docs/architecture.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = &cfg.store.file.state_dir;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match (&cfg.store.file, &cfg.store.kube) {
+        (Some(f), _) => serve_file(&cfg, f, config_path, dev, &rt),
+        (None, Some(k)) => serve_kube(&cfg, k, config_path, dev, &rt),
+        (None, None) => Err(usage(anyhow::anyhow!(
+            "{}: no store configured",
+            config_path.display()
+        ))),
+    }
+}
+
+fn serve_file(
+    cfg: &EndpointConfig,
+    f: &workload_onboarding::endpoint::config::FileStoreSettings,
+    config_path: &Path,
+    dev: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let state = &f.state_dir;
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
 
@@ -405,10 +507,84 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     let tokens =
         token::SessionTokens::from_pem(&key_pem, &plane_uid, cfg.token_issuer.expiration.as_std())
             .with_context(|| format!("session signing key {}", key_path.display()))?;
+    let tls_cfg = tls_config(cfg, config_path, dev, Some(state))?;
+    if cfg.istio_token.is_none() {
+        tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
+    }
 
-    let (cert_file, key_file) = match (&cfg.tls, dev) {
-        (Some(t), _) => (t.cert_file.clone(), t.key_file.clone()),
-        (None, true) => {
+    let (store, problems) = FileStore::open(file_store_config(cfg, f))?;
+    log_problems(&problems);
+    recover_state(&store)?;
+    let _watcher = file::watch(store.clone(), |p| {
+        tracing::info!("config directory changed; reloaded");
+        log_problems(&p);
+    })
+    .context("cannot watch the config directory")?;
+    rt.block_on(run_endpoint(
+        cfg,
+        config_path,
+        store,
+        plane_uid,
+        tokens,
+        tls_cfg,
+    ))
+}
+
+fn serve_kube(
+    cfg: &EndpointConfig,
+    k: &kube_store::KubeStoreSettings,
+    config_path: &Path,
+    dev: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let tls_cfg = tls_config(cfg, config_path, dev, None)?;
+    rt.block_on(async {
+        let client = kube_store::client(k).await?;
+        let namespace = client.default_namespace().to_string();
+        // Every replica must sign and check session tokens with one key under one plane
+        // UID: both live in a Secret of the endpoint's namespace (created once).
+        let shared =
+            kube_store::plane::load_or_create(&client, &namespace, &k.state_secret, || {
+                Ok(kube_store::plane::PlaneState {
+                    plane_uid: uuid::Uuid::new_v4().to_string(),
+                    signing_key_pem: token::generate_signing_key_pem()
+                        .map_err(|e| e.to_string())?,
+                })
+            })
+            .await?;
+        let plane_uid = cfg.plane_uid.clone().unwrap_or(shared.plane_uid);
+        let key_pem = match &cfg.token_issuer.signing_key_file {
+            Some(p) => std::fs::read_to_string(p).with_context(|| {
+                format!("cannot read tokenIssuer.signingKeyFile {}", p.display())
+            })?,
+            None => shared.signing_key_pem,
+        };
+        let tokens = token::SessionTokens::from_pem(
+            &key_pem,
+            &plane_uid,
+            cfg.token_issuer.expiration.as_std(),
+        )
+        .with_context(|| {
+            format!(
+                "session signing key in Secret {namespace}/{}",
+                k.state_secret
+            )
+        })?;
+        let store = KubeStore::new(client, k, &cfg.mesh.istio_namespace);
+        store.start_watches(&cfg.mesh.istio_namespace);
+        run_endpoint(cfg, config_path, store, plane_uid, tokens, tls_cfg).await
+    })
+}
+
+fn tls_config(
+    cfg: &EndpointConfig,
+    config_path: &Path,
+    dev: bool,
+    state: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let (cert_file, key_file) = match (&cfg.tls, dev, state) {
+        (Some(t), _, _) => (t.cert_file.clone(), t.key_file.clone()),
+        (None, true, Some(state)) => {
             let host = hostname();
             let (ca, crt, key) = tls::dev_certificate(
                 &state.join("dev-tls"),
@@ -418,7 +594,14 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
             println!("dev CA: {}", ca.display());
             (crt, key)
         }
-        (None, false) => {
+        (None, true, None) => {
+            return Err(usage(anyhow::anyhow!(
+                "{}: --dev keeps its certificate in the file store's state directory; with store.kube \
+                 give the endpoint tls.certFile/tls.keyFile (a Secret mounted in the pod)",
+                config_path.display()
+            )));
+        }
+        (None, false, _) => {
             return Err(usage(anyhow::anyhow!(
                 "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
                  (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
@@ -428,17 +611,28 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     };
     // The certificate and key are files the configuration names: a bad one is the
     // configuration's error.
-    let tls_cfg = tls::server_config(
+    tls::server_config(
         tls::load_certs(&cert_file).map_err(usage)?,
         tls::load_key(&key_file).map_err(usage)?,
     )
-    .map_err(usage)?;
+    .map_err(usage)
+}
 
+/// Everything after the store: authentication, the service, the cleanup loop, the server.
+async fn run_endpoint<S: Store>(
+    cfg: &EndpointConfig,
+    config_path: &Path,
+    store: S,
+    plane_uid: String,
+    tokens: token::SessionTokens,
+    tls_cfg: Arc<rustls::ServerConfig>,
+) -> Result<()> {
     let jwt = if cfg.authentication.jwt.issuers.is_empty() {
         None
     } else {
         let v = JwtVerifier::new(&cfg.authentication.jwt.issuers).map_err(usage)?;
-        for (issuer, problem) in v.prefetch() {
+        let prefetch = tokio::task::block_in_place(|| v.prefetch());
+        for (issuer, problem) in prefetch {
             tracing::warn!(%issuer, %problem, "cannot fetch the issuer's keys yet; will retry on first use");
         }
         Some(v)
@@ -461,21 +655,15 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
             "authentication.aws.api is not set: EC2 IAM roles are unknown, so policies listing ec2.iamRoleNames will not match"
         );
     }
-    if cfg.istio_token.is_none() {
-        tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
-    }
-
-    let (store, problems) = FileStore::open(file_store_config(&cfg))?;
-    log_problems(&problems);
-    recover_state(&store)?;
-    let _watcher = file::watch(store.clone(), |p| {
-        tracing::info!("config directory changed; reloaded");
-        log_problems(&p);
-    })
-    .context("cannot watch the config directory")?;
 
     let renderer = Renderer::new(cfg.templates.dir.as_deref(), cfg.mesh.clone()).map_err(usage)?;
-    let instance = cfg.instance_name.clone().unwrap_or_else(hostname);
+    // In a pod, the downward API gives the pod name (packaging/kubernetes/deployment.yaml).
+    let instance = cfg
+        .instance_name
+        .clone()
+        .or_else(|| std::env::var("ONBOARDING_ENDPOINT_INSTANCE").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(hostname);
     let settings = ServiceSettings {
         plane_uid: plane_uid.clone(),
         instance: instance.clone(),
@@ -494,45 +682,41 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
         max_connections: cfg.server.max_connections,
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        // Tests and scripts read this line to learn the port when listening on :0.
-        println!("onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}");
-        tracing::info!(%addr, %plane_uid, %instance, "serving");
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let sweeper = {
-            let svc = svc.clone();
-            let every = (settings.keep_alive_timeout / 3)
-                .min(settings.grace_period / 4)
-                .clamp(Duration::from_millis(200), Duration::from_secs(10));
-            let mut rx = rx.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = rx.changed() => break,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    if let Err(e) = svc.sweep().await {
-                        tracing::error!(error = %e, "cleanup pass failed");
-                    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    println!(
+        "onboarding-endpoint listening on https://{addr} plane-uid={plane_uid} instance={instance}"
+    );
+    tracing::info!(%addr, %plane_uid, %instance, "serving");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let sweeper = {
+        let svc = svc.clone();
+        let every = (settings.keep_alive_timeout / 3)
+            .min(settings.grace_period / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.changed() => break,
+                    _ = tokio::time::sleep(every) => {}
                 }
-            })
-        };
-        let server = tokio::spawn(server::serve(listener, tls_cfg, svc, opts, rx));
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-        let _ = sweeper.await;
-        let _ = server.await;
-        Ok::<(), anyhow::Error>(())
-    })
+                if let Err(e) = svc.sweep().await {
+                    tracing::error!(error = %e, "cleanup pass failed");
+                }
+            }
+        })
+    };
+    let server = tokio::spawn(server::serve(listener, tls_cfg, svc, opts, rx));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = sweeper.await;
+    let _ = server.await;
+    Ok(())
 }
 
 /// Repairs what a crash may have left in the state directory, before serving.

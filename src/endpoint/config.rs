@@ -352,7 +352,12 @@ pub struct JwtAuthentication {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoreConfig {
-    pub file: FileStoreSettings,
+    /// The embedded store: manifests in a directory, registrations in files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileStoreSettings>,
+    /// The Kubernetes API (docs/endpoint.md, "In a cluster").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<crate::store::kube::KubeStoreSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -532,8 +537,13 @@ impl EndpointConfig {
         if let Some(k) = &mut self.token_issuer.signing_key_file {
             fix(k);
         }
-        fix(&mut self.store.file.config_dir);
-        fix(&mut self.store.file.state_dir);
+        if let Some(f) = &mut self.store.file {
+            fix(&mut f.config_dir);
+            fix(&mut f.state_dir);
+        }
+        if let Some(k) = self.store.kube.as_mut().and_then(|k| k.kubeconfig.as_mut()) {
+            fix(k);
+        }
         if let Some(d) = &mut self.templates.dir {
             fix(d);
         }
@@ -614,6 +624,20 @@ impl EndpointConfig {
         {
             return Err("istioToken: set file or command, not both".into());
         }
+        match (&self.store.file, &self.store.kube) {
+            (Some(_), None) => {}
+            (None, Some(k)) => {
+                if self.istio_token.is_some() {
+                    return Err(
+                        "istioToken: only the file store reads tokens from a file or a command; \
+                         the kube store asks the TokenRequest API (store.kube.istioTokenExpiration)"
+                            .into(),
+                    );
+                }
+                k.validate().map_err(|e| format!("store.kube.{e}"))?;
+            }
+            _ => return Err("store: set exactly one of file or kube".into()),
+        }
         crate::identity::jwt::validate_issuers(&self.authentication.jwt.issuers)
             .map_err(|e| format!("authentication.jwt.issuers: {e}"))?;
         self.validate_cloud()
@@ -687,8 +711,9 @@ mod tests {
         .unwrap();
         let c = EndpointConfig::load(&p).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
-        assert_eq!(c.store.file.config_dir, dir.path().join("config"));
-        assert_eq!(c.store.file.state_dir, PathBuf::from("/var/lib/x"));
+        let file = c.store.file.as_ref().unwrap();
+        assert_eq!(file.config_dir, dir.path().join("config"));
+        assert_eq!(file.state_dir, PathBuf::from("/var/lib/x"));
         assert_eq!(c.registration.grace_period.as_std().as_secs(), 300);
         assert_eq!(c.registration.keep_alive_timeout().as_secs(), 45);
         assert_eq!(c.token_issuer.expiration.as_std().as_secs(), 3600);

@@ -8,6 +8,7 @@
 //! they are API calls.
 
 pub mod file;
+pub mod kube;
 pub mod manifests;
 pub mod watch;
 

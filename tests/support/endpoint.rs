@@ -148,6 +148,16 @@ pub struct Extra {
     pub env: Vec<(String, String)>,
 }
 
+/// Where an endpoint keeps its registrations and what it is called: tests of the
+/// Kubernetes store and of several replicas set these.
+#[derive(Default)]
+pub struct StoreChoice {
+    /// Replaces the `store:` and `istioToken:` sections (e.g. a `store: {kube: ...}`).
+    pub store: Option<String>,
+    /// Replaces `instanceName: endpoint-test`.
+    pub instance_name: Option<String>,
+}
+
 pub struct Endpoint {
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -165,6 +175,10 @@ impl Endpoint {
     }
 
     pub fn start_with(opts: Options, extra: Extra) -> Endpoint {
+        Endpoint::start_in(opts, extra, StoreChoice::default())
+    }
+
+    pub fn start_in(opts: Options, extra: Extra, choice: StoreChoice) -> Endpoint {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir_all(p.join("config")).unwrap();
@@ -186,7 +200,7 @@ impl Endpoint {
                 r#"apiVersion: config.endpoint.onboarding.tetrate.io/v1alpha1
 kind: EndpointConfiguration
 listen: 127.0.0.1:0
-instanceName: endpoint-test
+instanceName: {instance}
 tls: {{certFile: tls.crt, keyFile: tls.key}}
 tokenIssuer: {{expiration: {exp}}}
 registration:
@@ -205,16 +219,17 @@ authentication:
       jwksFile: {jwks}
       tokenFields: {{attributes: {{jsonPath: .attributes}}}}
 {auth_extra}
-store:
-  file: {{configDir: config, stateDir: state}}
+{store}
 mesh:
   istiodGateway: 10.20.30.40
-istioToken:
-  command: [sh, -c, "echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT"]
 # Small enough that an oversized test body still fits the socket buffers: the endpoint
 # answers 413 without reading it, and a larger body would meet a closed connection.
 server: {{maxBodyBytes: 8192}}
 "#,
+                instance = choice.instance_name.as_deref().unwrap_or("endpoint-test"),
+                store = choice.store.as_deref().unwrap_or(
+                    "store:\n  file: {configDir: config, stateDir: state}\nistioToken:\n  command: [sh, -c, \"echo istio-token-for-$NAMESPACE-$SERVICE_ACCOUNT\"]"
+                ),
                 exp = opts.token_expiration,
                 grace = opts.grace,
                 kai = opts.keep_alive_interval,

@@ -1,0 +1,374 @@
+//! The Kubernetes store against the real kube-apiserver and etcd (tests/kube-harness/, via
+//! support/kube.rs) with the real kubectl: the real endpoint binary (store: kube) running
+//! with the least-privilege ServiceAccount of packaging/kubernetes/rbac.yaml, the real
+//! agent over TLS. The harness has no controller-manager, so no garbage collector: the
+//! tests check owner references and what the endpoint deletes itself.
+
+#[path = "support/agent.rs"]
+mod agent_support;
+#[path = "support/endpoint.rs"]
+mod endpoint;
+#[path = "support/kube.rs"]
+mod kube;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use agent_support::{Agent, wait_for};
+use endpoint::{
+    Endpoint, Extra, MESH, NS, Options, POLICY, StoreChoice, WORKLOAD_GROUP, read, repo,
+};
+use kube::KubeHarness;
+
+const WAR: &str = "ratings-jwt-corp-vm-0001";
+const TOKEN: &str = "var/run/secrets/tokens/istio-token";
+const ENDPOINT_NS: &str = "onboarding";
+
+fn crds_output() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn packaged_crds_equal_the_generated_ones() {
+    let packaged = repo().join("packaging/kubernetes/crds.yaml");
+    let generated = crds_output();
+    if std::env::var("UPDATE_CRDS").is_ok_and(|v| v == "1") {
+        std::fs::write(&packaged, &generated).unwrap();
+    }
+    assert_eq!(
+        read(&packaged),
+        generated,
+        "packaging/kubernetes/crds.yaml differs from `onboarding-endpoint crds`; \
+         regenerate it with UPDATE_CRDS=1 cargo test --test kube_store packaged_crds"
+    );
+}
+
+/// A cluster with Istio's CRDs (from testdata/schemas/istio), ours (from the binary), the
+/// namespaces, the VM's ServiceAccount, the WorkloadGroup, policy and ConfigMaps the file
+/// store tests use, and the endpoint's RBAC.
+fn cluster() -> Option<KubeHarness> {
+    let h = KubeHarness::start()?;
+    for crd in [
+        "workloadgroups.networking.istio.io.yaml",
+        "workloadentries.networking.istio.io.yaml",
+        "sidecars.networking.istio.io.yaml",
+    ] {
+        let path = repo().join("testdata/schemas/istio").join(crd);
+        h.kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    }
+    h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
+    h.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
+        "crd/workloadgroups.networking.istio.io",
+        "crd/workloadentries.networking.istio.io",
+        "crd/sidecars.networking.istio.io",
+    ]);
+    for ns in [NS, "istio-system", ENDPOINT_NS] {
+        h.kubectl(&["create", "namespace", ns]);
+    }
+    // No controller-manager: ServiceAccounts are made by hand.
+    h.kubectl(&["-n", NS, "create", "serviceaccount", "ratings-vm"]);
+    for manifest in [WORKLOAD_GROUP, POLICY, MESH] {
+        h.kubectl_in(&["apply", "-f", "-"], Some(manifest));
+    }
+    let rbac = repo().join("packaging/kubernetes/rbac.yaml");
+    h.kubectl(&["apply", "-f", rbac.to_str().unwrap()]);
+    Some(h)
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
+fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: harness
+  cluster: {{server: {server}, certificate-authority: {ca}}}
+users:
+- name: {sa}
+  user: {{token: {token}}}
+contexts:
+- name: {sa}
+  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
+current-context: {sa}
+",
+            server = h.ready.server,
+            ca = h.ready.ca_file.display(),
+            token = token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn kube_endpoint(h: &KubeHarness, opts: Options, instance: &str) -> Endpoint {
+    let kubeconfig = service_account_kubeconfig(h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
+    Endpoint::start_in(
+        opts,
+        Extra::default(),
+        StoreChoice {
+            store: Some(format!(
+                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
+                kubeconfig.display()
+            )),
+            instance_name: Some(instance.to_string()),
+        },
+    )
+}
+
+fn war_json(h: &KubeHarness, name: &str) -> Option<serde_json::Value> {
+    let out = h.kubectl_output(&["-n", NS, "get", "war", name, "-o", "json"], None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn token_review(h: &KubeHarness, token: &str, audience: &str) -> serde_json::Value {
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [audience]},
+    });
+    h.kubectl_json(&["create", "-f", "-"], Some(&review.to_string()))
+}
+
+#[test]
+fn onboarding_through_the_kube_store_creates_api_objects_read_back_with_kubectl() {
+    let Some(h) = cluster() else { return };
+    let ep = kube_endpoint(&h, Options::default(), "endpoint-a");
+    let agent = Agent::builder(&ep).start();
+    agent.wait_phase("connected", Duration::from_secs(60));
+
+    // `kubectl get war -A`: the columns spec/004 shows, from the CRD's printer columns.
+    let table = h.kubectl(&["get", "war", "-A"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|s| !s.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        ["NAMESPACE", "NAME", "AGENT CONNECTED", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], [NS, WAR, "True"], "{table}");
+    let wide = h.kubectl(&["get", "war", "-n", NS, "-o", "wide"]);
+    assert!(
+        wide.contains("CONNECTED TO") && wide.contains("endpoint-a"),
+        "{wide}"
+    );
+
+    // `kubectl describe war`: identity, registration, conditions.
+    let described = h.kubectl(&["-n", NS, "describe", "war", WAR]);
+    // kubectl aligns values per block; compare with runs of spaces collapsed.
+    let squeezed: Vec<String> = described
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for needle in [
+        "Kind: WorkloadAutoRegistration",
+        "Identity:",
+        "Jwt:",
+        "Subject: vm-0001",
+        "Registration:",
+        "Addresses:",
+        "Labels:",
+        "Version: v5",
+        "Conditions:",
+        "Type: AgentConnected",
+        "Reason: AgentEstablishedConnection",
+        "Connected To: endpoint-a",
+    ] {
+        assert!(
+            squeezed.iter().any(|l| l == needle),
+            "describe lacks {needle:?}:\n{described}"
+        );
+    }
+
+    // Owner references: WorkloadGroup -> WAR -> WorkloadEntry, with the server's uids.
+    let wg = h.kubectl_json(&["-n", NS, "get", "workloadgroup", "ratings"], None);
+    let war = war_json(&h, WAR).unwrap();
+    let owner = &war["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "WorkloadGroup");
+    assert_eq!(owner["uid"], wg["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["blockOwnerDeletion"], true);
+    let we = h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
+    let owner = &we["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "WorkloadAutoRegistration");
+    assert_eq!(owner["uid"], war["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["blockOwnerDeletion"], true);
+    assert_eq!(we["spec"]["serviceAccount"], "ratings-vm");
+    assert_eq!(we["spec"]["labels"]["version"], "v5");
+    assert!(we["spec"]["address"].is_string(), "{we}");
+    // Status went through the status subresource by server-side apply, as our manager.
+    assert_eq!(
+        war["status"]["activeAgentConnection"]["connectedTo"],
+        "endpoint-a"
+    );
+    let with_fields = h.kubectl_json(
+        &["-n", NS, "get", "war", WAR, "--show-managed-fields"],
+        None,
+    );
+    let managers: Vec<(String, String)> = with_fields["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap_or("").to_string(),
+                m["subresource"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("onboarding-endpoint".into(), "status".into())),
+        "{managers:?}"
+    );
+
+    // The istio-token is a TokenRequest token for the group's ServiceAccount that a
+    // TokenReview for audience istio-ca accepts (and no other audience).
+    let token = read(&agent.root_file(TOKEN));
+    let review = token_review(&h, token.trim(), "istio-ca");
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        format!("system:serviceaccount:{NS}:ratings-vm")
+    );
+    let other = token_review(&h, token.trim(), "another-audience");
+    assert_ne!(other["status"]["authenticated"], true, "{other}");
+
+    // The endpoint's own CLI reads the same store.
+    let (ok, out, err) = ep.cli(&["get", "war", "-A"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(WAR) && out.contains("True"), "{out}");
+
+    // The shared state Secret exists, made by the endpoint (create-if-absent).
+    let secret = h.kubectl_json(
+        &[
+            "-n",
+            ENDPOINT_NS,
+            "get",
+            "secret",
+            "onboarding-endpoint-state",
+        ],
+        None,
+    );
+    assert!(secret["data"]["plane-uid"].is_string(), "{secret}");
+    drop(agent);
+}
+
+#[test]
+fn deleted_war_makes_the_agent_onboard_again_with_the_current_group() {
+    let Some(h) = cluster() else { return };
+    let ep = kube_endpoint(
+        &h,
+        Options {
+            keep_alive_interval: "1s",
+            keep_alive_timeout: "3s",
+            ..Options::default()
+        },
+        "endpoint-a",
+    );
+    let agent = Agent::builder(&ep).start();
+    agent.wait_phase("connected", Duration::from_secs(60));
+    let first_uid = war_json(&h, WAR).unwrap()["metadata"]["uid"].clone();
+
+    // The group changes; running workloads keep their snapshot...
+    h.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "workloadgroup",
+        "ratings",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"labels":{"app":"ratings","class":"vm","edition":"two"}}}}"#,
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let we = h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
+    assert!(we["spec"]["labels"].get("edition").is_none(), "{we}");
+
+    // ...until their WAR is deleted: the agent onboards again with the current group.
+    h.kubectl(&["-n", NS, "delete", "war", WAR]);
+    wait_for("a new WAR", Duration::from_secs(60), || {
+        war_json(&h, WAR).is_some_and(|w| w["metadata"]["uid"] != first_uid)
+    });
+    wait_for(
+        "the WorkloadEntry of the new snapshot",
+        Duration::from_secs(30),
+        || {
+            let out =
+                h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR, "-o", "json"], None);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|we| we["spec"]["labels"]["edition"] == "two")
+        },
+    );
+    let war = war_json(&h, WAR).unwrap();
+    let we = h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
+    assert_eq!(
+        we["metadata"]["ownerReferences"][0]["uid"],
+        war["metadata"]["uid"]
+    );
+    drop(agent);
+}
+
+#[test]
+fn packaged_manifests_apply_to_the_real_api_server() {
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let dir = repo().join("packaging/kubernetes");
+    let out = h.kubectl(&["apply", "--server-side", "-k", dir.to_str().unwrap()]);
+    for applied in [
+        "customresourcedefinition.apiextensions.k8s.io/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "clusterrole.rbac.authorization.k8s.io/onboarding-endpoint",
+        "deployment.apps/onboarding-endpoint",
+        "service/onboarding-endpoint",
+    ] {
+        assert!(out.contains(applied), "{applied} not applied:\n{out}");
+    }
+    let d = h.kubectl_json(
+        &[
+            "-n",
+            ENDPOINT_NS,
+            "get",
+            "deployment",
+            "onboarding-endpoint",
+        ],
+        None,
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+        "the pod name is the instance"
+    );
+}
