@@ -71,7 +71,11 @@ fn kube_apiserver_serves_version_token_request_and_token_review() {
             .is_some_and(|g| g.iter().any(|g| g == "system:serviceaccounts")),
         "istiod requires the caller in system:serviceaccounts: {review}"
     );
-    assert_eq!(status["audiences"], serde_json::json!(["istio-ca"]), "{review}");
+    assert_eq!(
+        status["audiences"],
+        serde_json::json!(["istio-ca"]),
+        "{review}"
+    );
 
     // The audience is checked: the same token is refused for another audience.
     let wrong = token_review(&h, token, "some-other-audience");

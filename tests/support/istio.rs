@@ -81,7 +81,13 @@ impl Istiod {
             "data": {"mesh": mesh, "meshNetworks": "networks: {}"},
         });
         kube.kubectl_in(
-            &["apply", "--server-side", "--field-manager=istio-harness", "-f", "-"],
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=istio-harness",
+                "-f",
+                "-",
+            ],
             Some(&cm.to_string()),
         );
 
@@ -91,8 +97,13 @@ impl Istiod {
             .prefix("istiod-")
             .tempdir()
             .expect("temp dir");
-        let (http, grpc, sgrpc, mon, hook) =
-            (free_port(), free_port(), free_port(), free_port(), free_port());
+        let (http, grpc, sgrpc, mon, hook) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
         let log = dir.path().join("istiod.log");
         let logf = std::fs::File::create(&log).expect("istiod log");
         let addr = |p: u16| format!("127.0.0.1:{p}");
@@ -146,7 +157,10 @@ impl Istiod {
             if let Ok(Some(status)) = istiod.child.try_wait() {
                 panic!("istiod exited ({status}):\n{}", istiod.log_tail(60));
             }
-            if istiod.get(http, "/ready").is_some_and(|(code, _)| code == 200) {
+            if istiod
+                .get(http, "/ready")
+                .is_some_and(|(code, _)| code == 200)
+            {
                 break;
             }
             assert!(

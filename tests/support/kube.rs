@@ -137,7 +137,10 @@ impl KubeHarness {
             .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {}: {e}", bin_dir.join("kube-harness").display())
+            panic!(
+                "cannot start {}: {e}",
+                bin_dir.join("kube-harness").display()
+            )
         });
         let stdin = child.stdin.take();
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -161,9 +164,8 @@ impl KubeHarness {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                let apiserver_log =
-                    std::fs::read_to_string(dir.path().join("kube-apiserver.log"))
-                        .unwrap_or_default();
+                let apiserver_log = std::fs::read_to_string(dir.path().join("kube-apiserver.log"))
+                    .unwrap_or_default();
                 let tail: String = apiserver_log
                     .lines()
                     .rev()
@@ -220,7 +222,8 @@ impl KubeHarness {
         let mut child = cmd.spawn().expect("spawn kubectl");
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().expect("kubectl stdin");
-            pipe.write_all(input.as_bytes()).expect("write kubectl stdin");
+            pipe.write_all(input.as_bytes())
+                .expect("write kubectl stdin");
         }
         child.wait_with_output().expect("kubectl output")
     }
@@ -259,7 +262,10 @@ impl KubeHarness {
             if let Some(v) = f() {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?}: {what}"
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
