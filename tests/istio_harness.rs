@@ -46,6 +46,37 @@ fn uri_sans(cert: &Certificate) -> Vec<String> {
     out
 }
 
+/// istio-start.sh and the pilot-agent it starts, killed together (on drop too, so a failed
+/// assertion leaves no agent behind).
+struct AgentGroup(std::process::Child);
+
+impl AgentGroup {
+    fn stop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks whether any member of the group is left.
+        while unsafe { libc::kill(-pgid, 0) } == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "pilot-agent outlived its group kill"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentGroup {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: as in stop().
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn pilot_agent_gets_a_workload_certificate_from_real_istiod_with_a_token_request_token() {
     let Some(kube) = KubeHarness::start() else {
@@ -143,7 +174,10 @@ fn pilot_agent_gets_a_workload_certificate_from_real_istiod_with_a_token_request
         .stdout(logf.try_clone().expect("log fd"))
         .stderr(logf);
     die_with_parent(&mut cmd);
-    let mut agent = cmd.spawn().expect("start istio-start.sh");
+    // istio-start.sh does not exec pilot-agent when EXEC_USER is the current user: it runs
+    // as the script's child. A process group of its own lets the guard stop both.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut agent = AgentGroup(cmd.spawn().expect("start istio-start.sh"));
 
     let chain_path = root.join("etc/certs/cert-chain.pem");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -153,7 +187,7 @@ fn pilot_agent_gets_a_workload_certificate_from_real_istiod_with_a_token_request
         {
             break pem;
         }
-        if let Ok(Some(status)) = agent.try_wait() {
+        if let Ok(Some(status)) = agent.0.try_wait() {
             panic!(
                 "pilot-agent exited ({status}):\n{}\n--- istiod:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default(),
@@ -161,7 +195,6 @@ fn pilot_agent_gets_a_workload_certificate_from_real_istiod_with_a_token_request
             );
         }
         if Instant::now() > deadline {
-            let _ = agent.kill();
             panic!(
                 "pilot-agent wrote no cert-chain.pem in 90s:\n{}\n--- istiod:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default(),
@@ -170,8 +203,7 @@ fn pilot_agent_gets_a_workload_certificate_from_real_istiod_with_a_token_request
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.stop();
 
     let certs = Certificate::load_pem_chain(&chain).expect("PEM chain");
     let leaf = &certs[0];

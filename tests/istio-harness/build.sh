@@ -12,6 +12,8 @@
 # Keyed like tests/kube-harness/build.sh: the directory names the istio commit, .key holds
 # a hash of go.mod, go.sum and this script.
 set -euo pipefail
+# All in one block: bash parses it whole, so editing this file while a build runs is safe.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$here"
@@ -70,3 +72,5 @@ for f in "${bins[@]}" "${files[@]}"; do mv -f "$tmp/$f" "$out/$f"; done
 echo "$key" > "$out/.key"
 echo "istio-harness: built in $(( $(date +%s) - start ))s:"
 ls -l "$out"
+exit 0
+}
