@@ -8,7 +8,6 @@
 pub mod agent;
 pub mod api;
 pub mod atomic;
-#[cfg(feature = "endpoint")]
 pub mod bootstrap;
 #[cfg(feature = "endpoint")]
 pub mod endpoint;
@@ -18,6 +17,5 @@ pub mod registration;
 #[cfg(feature = "endpoint")]
 pub mod store;
 pub mod timestamp;
-#[cfg(feature = "endpoint")]
 pub mod token;
 pub mod yaml;

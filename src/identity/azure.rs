@@ -112,10 +112,8 @@ pub struct AttestedContent {
 /// The api-version the agent asks IMDS for.
 pub const API_VERSION: &str = "2020-09-01";
 
-#[cfg(feature = "endpoint")]
 pub use verify::*;
 
-#[cfg(feature = "endpoint")]
 mod verify {
     use std::path::PathBuf;
     use std::time::SystemTime;

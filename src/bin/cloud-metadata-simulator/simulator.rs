@@ -20,7 +20,7 @@ use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use x509_cert::Certificate;
 
-use crate::identity::cms;
+use workload_onboarding::identity::cms;
 
 /// The kid of the simulator's GCE signing key.
 pub const GCP_KID: &str = "sim-gcp-1";
