@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod atomic;
 pub mod bootstrap;
+pub mod clock;
 #[cfg(feature = "endpoint")]
 pub mod endpoint;
 pub mod identity;

@@ -117,7 +117,7 @@ fn run(
             client_id: config.client_id.clone(),
             audience: request.audience.clone(),
             token: token.access_token.clone(),
-            issued_at: unix(now),
+            issued_at: unix_u64(now),
             expires_at,
         };
         // A cache that cannot be written costs a token request next time, nothing more.
@@ -544,7 +544,7 @@ fn check_token(
     }
     match claims.get("exp").and_then(Value::as_u64) {
         Some(exp) => Ok(exp),
-        None => expires_in.map(|s| unix(now) + s).ok_or_else(|| {
+        None => expires_in.map(|s| unix_u64(now) + s).ok_or_else(|| {
             fail(
                 code::FAILED_PRECONDITION,
                 "the token has no exp and the response no expires_in",
@@ -566,10 +566,9 @@ fn jwt_claims(token: &str) -> Option<Value> {
         .filter(Value::is_object)
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The cache keeps unsigned seconds (a clock before 1970 counts as the epoch).
+fn unix_u64(t: SystemTime) -> u64 {
+    workload_onboarding::clock::unix(t).max(0).unsigned_abs()
 }
 
 fn rfc3339(unix_seconds: u64) -> String {
@@ -613,7 +612,7 @@ fn read_cache(path: &Path, config: &Config, audience: &str, now: SystemTime) -> 
     let usable = entry.token_endpoint == config.endpoint_key()
         && entry.client_id == config.client_id
         && entry.audience == audience
-        && fresh_enough(&entry, unix(now));
+        && fresh_enough(&entry, unix_u64(now));
     usable.then_some(entry)
 }
 

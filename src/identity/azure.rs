@@ -123,6 +123,7 @@ mod verify {
 
     use super::*;
     use crate::api::identity::AzureComputeIdentity;
+    use crate::clock::unix;
     use crate::identity::VerifyError;
     use crate::identity::cms::{self, CmsError, SignedMessage};
 
@@ -231,12 +232,6 @@ mod verify {
     pub struct VerifiedAzure {
         pub identity: AzureIdentity,
         pub content: AttestedContent,
-    }
-
-    fn unix(t: SystemTime) -> i64 {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
     }
 
     fn name_allowed(name: &str, allowed: &[String]) -> bool {

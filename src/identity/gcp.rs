@@ -81,8 +81,6 @@ pub use verify::*;
 mod verify {
     use std::path::PathBuf;
 
-    use std::time::SystemTime;
-
     use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use serde::{Deserialize, Serialize};
@@ -90,6 +88,7 @@ mod verify {
 
     use super::*;
     use crate::api::identity::GceIdentity;
+    use crate::clock::unix;
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -150,12 +149,6 @@ mod verify {
         pub identity: GcpIdentity,
         pub issued_at: i64,
         pub expires_at: i64,
-    }
-
-    fn unix(t: SystemTime) -> i64 {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
     }
 
     /// The token's `kid` (unverified), to pick or refresh keys.

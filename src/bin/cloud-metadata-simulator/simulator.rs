@@ -184,10 +184,9 @@ impl SimulatorKeys {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    workload_onboarding::clock::unix(SystemTime::now())
+        .max(0)
+        .unsigned_abs()
 }
 
 /// The simulator: signing logic (usable without the HTTP server) and its state.

@@ -251,13 +251,6 @@ fn numeric_date(claims: &Value, name: &str) -> Result<Option<i64>, VerifyError> 
     }
 }
 
-fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
 fn rfc3339(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
@@ -273,7 +266,7 @@ fn check_claims(
     issuer: &Issuer,
     ctx: &VerifyContext,
 ) -> Result<VerifiedJwt, VerifyError> {
-    let now = unix_seconds(ctx.now);
+    let now = crate::clock::unix(ctx.now);
     let Some(exp) = numeric_date(claims, "exp")? else {
         return Err(VerifyError::Invalid(
             "token has no exp claim; tokens without an expiry are not accepted".into(),
