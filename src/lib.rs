@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod policy;
 pub mod registration;
+pub mod secret;
 #[cfg(feature = "endpoint")]
 pub mod store;
 pub mod timestamp;

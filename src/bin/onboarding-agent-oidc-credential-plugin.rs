@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use workload_onboarding::secret::Secret;
 
 use workload_onboarding::identity::plugin::{
     AnyCredential, CREDENTIAL_SERVICE, GET_CREDENTIAL_METHOD, GetCredentialRequest,
@@ -177,7 +178,6 @@ enum AuthMethod {
     Post,
 }
 
-#[derive(Debug)]
 struct Config {
     issuer: Option<String>,
     token_endpoint: Option<String>,
@@ -430,11 +430,49 @@ fn discover_token_endpoint(agent: &ureq::Agent, issuer: &str) -> Result<String, 
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
+}
+
+// Debug of the types that hold the client secret or a token: everything but those.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("issuer", &self.issuer)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &Secret::new(()))
+            .field("ca_file", &self.ca_file)
+            .field("audience_param", &self.audience_param)
+            .field("scope", &self.scope)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &Secret::new(()))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CacheEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheEntry")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("token", &Secret::new(()))
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 fn fetch_token(config: &Config, audience: &str) -> Result<TokenResponse, Status> {
@@ -576,7 +614,7 @@ fn rfc3339(unix_seconds: u64) -> String {
 }
 
 /// The token cache file (0600): one token, for one provider, client and audience.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CacheEntry {
     token_endpoint: String,
@@ -632,6 +670,31 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn debug_hides_the_client_secret_and_tokens() {
+        let entry = CacheEntry {
+            token_endpoint: "https://idp.example/token".into(),
+            client_id: "vm".into(),
+            audience: "plane".into(),
+            token: "eyJ.cached-token.sig".into(),
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let response = TokenResponse {
+            access_token: "eyJ.fresh-token.sig".into(),
+            expires_in: Some(60),
+        };
+        let shown = format!("{entry:?} {response:?}");
+        assert!(
+            !shown.contains("cached-token") && !shown.contains("fresh-token"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("client_id") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
