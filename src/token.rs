@@ -142,7 +142,7 @@ impl SessionTokens {
         registration_uid: Option<String>,
         now: SystemTime,
     ) -> Result<(String, SystemTime), TokenError> {
-        let iat = unix(now);
+        let iat = unix_u64(now);
         let exp = iat + self.ttl.as_secs().max(1);
         let claims = SessionClaims {
             iss: ISSUER.to_string(),
@@ -178,7 +178,7 @@ impl SessionTokens {
         if c.azp != self.plane_uid {
             return Err(TokenError::Invalid("azp is not this plane".into()));
         }
-        let t = unix(now);
+        let t = unix_u64(now);
         if t >= c.exp {
             return Err(TokenError::Expired);
         }
@@ -190,10 +190,9 @@ impl SessionTokens {
     }
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Session token claims are unsigned seconds (a clock before 1970 issues at the epoch).
+fn unix_u64(t: SystemTime) -> u64 {
+    crate::clock::unix(t).max(0).unsigned_abs()
 }
 
 fn random_id() -> String {

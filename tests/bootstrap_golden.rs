@@ -17,7 +17,12 @@ use serde_json::{Value, json};
 use workload_onboarding::api::istio::Sidecar;
 use workload_onboarding::api::meta::Labels;
 use workload_onboarding::api::protocol::Bootstrap;
-use workload_onboarding::bootstrap::offline::{read_mesh_config, read_workload_group};
+// Offline rendering is the endpoint binary's `render` command: the tests compile its source.
+#[allow(dead_code)]
+#[path = "../src/bin/onboarding-endpoint/render.rs"]
+mod render;
+
+use render::{read_mesh_config, read_workload_group};
 use workload_onboarding::bootstrap::{
     BootstrapInput, InstanceIp, InterceptionMode, Renderer, parse_gateway,
 };

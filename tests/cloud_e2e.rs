@@ -24,7 +24,13 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_support::{Agent, wait_for};
 use base64::Engine;
 use endpoint::{Endpoint, Extra, NS, Options, read};
-use workload_onboarding::identity::simulator::{SimulatedHost, Simulator, SimulatorKeys};
+// The simulator is a test and demo tool, not library code: its binary owns it and the tests
+// compile the same source.
+#[allow(dead_code)]
+#[path = "../src/bin/cloud-metadata-simulator/simulator.rs"]
+mod simulator;
+
+use simulator::{SimulatedHost, Simulator, SimulatorKeys};
 
 const ACCOUNT: &str = "123456789012";
 const SUBSCRIPTION: &str = "11111111-2222-3333-4444-555555555555";

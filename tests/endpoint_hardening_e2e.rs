@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use endpoint::*;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -19,7 +21,7 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// A TLS connection to `ep` offering `alpn`.
 fn tls_connect(ep: &Endpoint, alpn: &[u8]) -> Tls {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ep.ca_pem.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ep.ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -17,9 +17,13 @@ use moto::{Moto, boto3, start_moto};
 use workload_onboarding::identity::VerifyError;
 use workload_onboarding::identity::aws::api::{AwsApi, AwsApiConfig, AwsApiError};
 use workload_onboarding::identity::aws::ecs::{self, EcsConfig};
-use workload_onboarding::identity::simulator::{
-    SimulatedHost, Simulator, SimulatorKeys, SimulatorServer,
-};
+// The simulator is a test and demo tool, not library code: its binary owns it and the tests
+// compile the same source.
+#[allow(dead_code)]
+#[path = "../src/bin/cloud-metadata-simulator/simulator.rs"]
+mod simulator;
+
+use simulator::{SimulatedHost, Simulator, SimulatorKeys, SimulatorServer};
 
 fn api(moto: &Moto, require_running: bool) -> AwsApi {
     AwsApi::new(AwsApiConfig {

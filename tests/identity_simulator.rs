@@ -13,9 +13,13 @@ use workload_onboarding::identity::aws::{imds, replay};
 use workload_onboarding::identity::azure::{self, AzureConfig, AzureError, AzureTrust};
 use workload_onboarding::identity::detect::{MetadataAddresses, Platform, detect_platform};
 use workload_onboarding::identity::gcp::{self, GcpConfig, GcpVerifier};
-use workload_onboarding::identity::simulator::{
-    SimulatedHost, Simulator, SimulatorKeys, SimulatorServer,
-};
+// The simulator is a test and demo tool, not library code: its binary owns it and the tests
+// compile the same source.
+#[allow(dead_code)]
+#[path = "../src/bin/cloud-metadata-simulator/simulator.rs"]
+mod simulator;
+
+use simulator::{SimulatedHost, Simulator, SimulatorKeys, SimulatorServer};
 use workload_onboarding::identity::{VerifyContext, VerifyError, cms};
 
 const T: Duration = Duration::from_secs(5);

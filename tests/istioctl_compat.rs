@@ -7,7 +7,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use workload_onboarding::bootstrap::offline::{InterceptionArg, RenderArgs, run};
+// Offline rendering is the endpoint binary's `render` command: the tests compile its source.
+#[allow(dead_code)]
+#[path = "../src/bin/onboarding-endpoint/render.rs"]
+mod render;
+
+use render::{InterceptionArg, RenderArgs, run};
 
 struct Case {
     dir: &'static str,

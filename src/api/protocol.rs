@@ -41,7 +41,10 @@ pub struct NonceResponse {
 
 /// A platform credential. `type` selects the platform. Unknown fields are refused, as
 /// everywhere else in the API: a misspelt optional field must not pass silently.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows only the platform: every variant can be presented again by whoever reads
+/// it (a JWT, a signed STS request, an identity document that never expires).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Credential {
     /// An OIDC JWT from a trusted issuer, audience = plane UID.
@@ -77,6 +80,17 @@ pub enum Credential {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance_metadata: Option<serde_json::Value>,
     },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credential::{}({})",
+            self.kind(),
+            crate::secret::REDACTED
+        )
+    }
 }
 
 impl Credential {
@@ -476,5 +490,26 @@ mod tests {
         .to_string();
         assert!(e.contains("0666") && e.contains("group write"), "{e}");
         assert!(serde_json::from_str::<FileMode>("-1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_credential_shows_the_platform_not_the_secret() {
+        let jwt = Credential::Jwt {
+            token: "eyJ.secret-token.sig".into(),
+        };
+        let ecs = Credential::AwsEcs {
+            signed_request: serde_json::json!({"headers": [["authorization", "AWS4 sig=abc123"]]}),
+            task_metadata: None,
+        };
+        for (c, secret) in [(jwt, "secret-token"), (ecs, "abc123")] {
+            let shown = format!("{c:?} {c:#?}");
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains(c.kind()), "{shown}");
+        }
     }
 }

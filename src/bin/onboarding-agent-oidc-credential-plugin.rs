@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use workload_onboarding::secret::Secret;
 
 use workload_onboarding::identity::plugin::{
     AnyCredential, CREDENTIAL_SERVICE, GET_CREDENTIAL_METHOD, GetCredentialRequest,
@@ -190,7 +191,7 @@ fn obtain(
             client_id: config.client_id.clone(),
             audience: request.audience.clone(),
             token: token.access_token.clone(),
-            issued_at: unix(now),
+            issued_at: unix_u64(now),
             expires_at,
         };
         // A cache that cannot be written costs a token request next time, nothing more.
@@ -250,7 +251,6 @@ enum AuthMethod {
     Post,
 }
 
-#[derive(Debug)]
 struct Config {
     issuer: Option<String>,
     token_endpoint: Option<String>,
@@ -503,11 +503,49 @@ fn discover_token_endpoint(agent: &ureq::Agent, issuer: &str) -> Result<String, 
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
+}
+
+// Debug of the types that hold the client secret or a token: everything but those.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("issuer", &self.issuer)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &Secret::new(()))
+            .field("ca_file", &self.ca_file)
+            .field("audience_param", &self.audience_param)
+            .field("scope", &self.scope)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &Secret::new(()))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CacheEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheEntry")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("token", &Secret::new(()))
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 fn fetch_token(config: &Config, audience: &str) -> Result<TokenResponse, Status> {
@@ -617,7 +655,7 @@ fn check_token(
     }
     match claims.get("exp").and_then(Value::as_u64) {
         Some(exp) => Ok(exp),
-        None => expires_in.map(|s| unix(now) + s).ok_or_else(|| {
+        None => expires_in.map(|s| unix_u64(now) + s).ok_or_else(|| {
             fail(
                 code::FAILED_PRECONDITION,
                 "the token has no exp and the response no expires_in",
@@ -639,10 +677,9 @@ fn jwt_claims(token: &str) -> Option<Value> {
         .filter(Value::is_object)
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The cache keeps unsigned seconds (a clock before 1970 counts as the epoch).
+fn unix_u64(t: SystemTime) -> u64 {
+    workload_onboarding::clock::unix(t).max(0).unsigned_abs()
 }
 
 fn rfc3339(unix_seconds: u64) -> String {
@@ -650,7 +687,7 @@ fn rfc3339(unix_seconds: u64) -> String {
 }
 
 /// The token cache file (0600): one token, for one provider, client and audience.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CacheEntry {
     token_endpoint: String,
@@ -686,7 +723,7 @@ fn read_cache(path: &Path, config: &Config, audience: &str, now: SystemTime) -> 
     let usable = entry.token_endpoint == config.endpoint_key()
         && entry.client_id == config.client_id
         && entry.audience == audience
-        && fresh_enough(&entry, unix(now));
+        && fresh_enough(&entry, unix_u64(now));
     usable.then_some(entry)
 }
 
@@ -706,6 +743,31 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn debug_hides_the_client_secret_and_tokens() {
+        let entry = CacheEntry {
+            token_endpoint: "https://idp.example/token".into(),
+            client_id: "vm".into(),
+            audience: "plane".into(),
+            token: "eyJ.cached-token.sig".into(),
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let response = TokenResponse {
+            access_token: "eyJ.fresh-token.sig".into(),
+            expires_in: Some(60),
+        };
+        let shown = format!("{entry:?} {response:?}");
+        assert!(
+            !shown.contains("cached-token") && !shown.contains("fresh-token"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("client_id") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

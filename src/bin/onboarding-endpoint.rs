@@ -15,11 +15,17 @@ use workload_onboarding::endpoint::server::{self, ServerOptions};
 use workload_onboarding::endpoint::service::{Service, ServiceSettings};
 use workload_onboarding::endpoint::{cli, tls};
 use workload_onboarding::identity::jwt::JwtVerifier;
-use workload_onboarding::identity::verify_cli;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
 use workload_onboarding::store::kube::{self as kube_store, KubeStore};
-use workload_onboarding::{atomic, bootstrap, token};
+use workload_onboarding::{atomic, token};
+
+// The offline commands live beside this file (a directory of its own would be
+// `onboarding-endpoint/main.rs`; the path keeps this file where it is).
+#[path = "onboarding-endpoint/render.rs"]
+mod render;
+#[path = "onboarding-endpoint/verify.rs"]
+mod verify;
 
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
 
@@ -54,7 +60,7 @@ enum Command {
         dev: bool,
     },
     /// Render a sidecar's boot files offline, like `istioctl x workload entry configure`.
-    Render(Box<bootstrap::offline::RenderArgs>),
+    Render(Box<render::RenderArgs>),
     /// List registrations, or show one, as `kubectl get war [NAME]` does.
     Get {
         /// Resource type: `war` (or `wars`, `workloadautoregistration`).
@@ -114,7 +120,7 @@ enum Command {
 enum IdentityCommand {
     /// Verify one platform credential offline and print the identity it yields, or exactly
     /// why it is refused ("why won't my VM join?").
-    Verify(Box<verify_cli::VerifyArgs>),
+    Verify(Box<verify::VerifyArgs>),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -183,7 +189,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Serve { config, dev } => serve(&config, dev),
-        Command::Render(args) => bootstrap::offline::run(&args),
+        Command::Render(args) => render::run(&args),
         Command::Crds => {
             print!(
                 "{}",
@@ -193,7 +199,7 @@ fn run() -> Result<()> {
         }
         Command::Identity {
             command: IdentityCommand::Verify(args),
-        } => verify_cli::run(&args),
+        } => verify::run(&args),
         Command::Get {
             resource,
             name,

@@ -8,7 +8,6 @@
 
 pub mod goyaml;
 pub mod manifest;
-pub mod offline;
 pub mod proxy_config;
 pub mod sinks;
 

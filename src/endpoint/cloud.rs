@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::api::identity::{AwsIdentity, IamRole, WorkloadIdentity};
 use crate::api::registration::AddressType;
+use crate::clock::unix;
 use crate::identity::VerifyError;
 use crate::identity::aws::api::{AwsApi, AwsApiError};
 use crate::identity::aws::ec2::{self, Ec2Trust, SignatureForm};
@@ -248,12 +249,6 @@ pub fn host_key(id: &WorkloadIdentity) -> Option<String> {
         )),
         WorkloadIdentity::Jwt(_) => None,
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// What the endpoint remembers between requests to refuse replays. In memory: it is per

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +26,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         path: path.to_path_buf(),
         source,
     })?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&data).collect();
     let certs = certs.map_err(|e| TlsError::Pem {
         path: path.to_path_buf(),
         message: format!("bad PEM: {e}"),
@@ -44,15 +45,13 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
-            message: format!("bad PEM: {e}"),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: path.to_path_buf(),
-            message: "no PRIVATE KEY block found".into(),
-        })
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        message: match e {
+            pem::Error::NoItemsFound => "no PRIVATE KEY block found".into(),
+            e => format!("bad PEM: {e}"),
+        },
+    })
 }
 
 pub fn server_config(

@@ -112,10 +112,8 @@ pub struct AttestedContent {
 /// The api-version the agent asks IMDS for.
 pub const API_VERSION: &str = "2020-09-01";
 
-#[cfg(feature = "endpoint")]
 pub use verify::*;
 
-#[cfg(feature = "endpoint")]
 mod verify {
     use std::path::PathBuf;
     use std::time::SystemTime;
@@ -125,6 +123,7 @@ mod verify {
 
     use super::*;
     use crate::api::identity::AzureComputeIdentity;
+    use crate::clock::unix;
     use crate::identity::VerifyError;
     use crate::identity::cms::{self, CmsError, SignedMessage};
 
@@ -233,12 +232,6 @@ mod verify {
     pub struct VerifiedAzure {
         pub identity: AzureIdentity,
         pub content: AttestedContent,
-    }
-
-    fn unix(t: SystemTime) -> i64 {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
     }
 
     fn name_allowed(name: &str, allowed: &[String]) -> bool {

@@ -76,14 +76,10 @@ pub struct ComputeEngineClaims {
     pub instance_creation_timestamp: Option<i64>,
 }
 
-#[cfg(feature = "endpoint")]
 pub use verify::*;
 
-#[cfg(feature = "endpoint")]
 mod verify {
     use std::path::PathBuf;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant, SystemTime};
 
     use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -92,6 +88,7 @@ mod verify {
 
     use super::*;
     use crate::api::identity::GceIdentity;
+    use crate::clock::unix;
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -152,12 +149,6 @@ mod verify {
         pub identity: GcpIdentity,
         pub issued_at: i64,
         pub expires_at: i64,
-    }
-
-    fn unix(t: SystemTime) -> i64 {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
     }
 
     /// The token's `kid` (unverified), to pick or refresh keys.
@@ -296,126 +287,145 @@ mod verify {
         })
     }
 
-    enum Source {
-        Inline,
-        File(PathBuf),
-        Uri(String, ureq::Agent),
-    }
+    #[cfg(feature = "endpoint")]
+    pub use fetch::*;
 
-    struct State {
-        keys: Option<GoogleKeys>,
-        last_fetch: Option<Instant>,
-    }
+    /// The shell: where Google's keys come from and their cache.
+    #[cfg(feature = "endpoint")]
+    mod fetch {
+        use std::path::PathBuf;
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
 
-    /// The endpoint's GCP verifier: keys cached, refreshed when a token names an unknown
-    /// `kid` (at most once per `min_refresh`, so a stream of junk tokens cannot make the
-    /// endpoint hammer Google). Cheap to clone.
-    #[derive(Clone)]
-    pub struct GcpVerifier {
-        source: Arc<Source>,
-        state: Arc<Mutex<State>>,
-        min_refresh: Duration,
-    }
+        use super::*;
 
-    impl GcpVerifier {
-        pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, String> {
-            let (source, keys) = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
-                (Some(inline), None, None) => {
-                    (Source::Inline, Some(GoogleKeys::from_jwks_json(inline)?))
-                }
-                (None, Some(path), None) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?;
-                    (
-                        Source::File(path.clone()),
-                        Some(
-                            GoogleKeys::from_jwks_json(&text)
-                                .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?,
-                        ),
-                    )
-                }
-                (None, None, uri) => {
-                    let uri = uri.clone().unwrap_or_else(|| GOOGLE_JWKS_URI.to_string());
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .timeout_global(Some(Duration::from_secs(10)))
-                        .http_status_as_error(false)
-                        .build()
-                        .into();
-                    (Source::Uri(uri, agent), None)
-                }
-                _ => return Err("gcp: set only one of jwks, jwksFile, jwksUri".into()),
-            };
-            Ok(GcpVerifier {
-                source: Arc::new(source),
-                state: Arc::new(Mutex::new(State {
-                    keys,
-                    last_fetch: None,
-                })),
-                min_refresh: Duration::from_secs(60),
-            })
+        enum Source {
+            Inline,
+            File(PathBuf),
+            Uri(String, ureq::Agent),
         }
 
-        pub fn with_min_refresh(mut self, d: Duration) -> GcpVerifier {
-            self.min_refresh = d;
-            self
+        struct State {
+            keys: Option<GoogleKeys>,
+            last_fetch: Option<Instant>,
         }
 
-        fn load(&self) -> Result<GoogleKeys, VerifyError> {
-            match &*self.source {
-                Source::Inline => Err(VerifyError::InvalidSignature(
-                    "inline JWKS has no such kid".into(),
-                )),
-                Source::File(p) => std::fs::read_to_string(p)
-                    .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", p.display())))
-                    .and_then(|t| GoogleKeys::from_jwks_json(&t).map_err(VerifyError::Unavailable)),
-                Source::Uri(uri, agent) => {
-                    let mut resp = agent
-                        .get(uri)
-                        .call()
-                        .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                    if resp.status() != 200 {
-                        return Err(VerifyError::Unavailable(format!(
-                            "GET {uri}: HTTP {}",
-                            resp.status()
-                        )));
+        /// The endpoint's GCP verifier: keys cached, refreshed when a token names an unknown
+        /// `kid` (at most once per `min_refresh`, so a stream of junk tokens cannot make the
+        /// endpoint hammer Google). Cheap to clone.
+        #[derive(Clone)]
+        pub struct GcpVerifier {
+            source: Arc<Source>,
+            state: Arc<Mutex<State>>,
+            min_refresh: Duration,
+        }
+
+        impl GcpVerifier {
+            pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, String> {
+                let (source, keys) = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
+                    (Some(inline), None, None) => {
+                        (Source::Inline, Some(GoogleKeys::from_jwks_json(inline)?))
                     }
-                    let text = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(1 << 20)
-                        .read_to_string()
-                        .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                    GoogleKeys::from_jwks_json(&text).map_err(VerifyError::Unavailable)
-                }
+                    (None, Some(path), None) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?;
+                        (
+                            Source::File(path.clone()),
+                            Some(
+                                GoogleKeys::from_jwks_json(&text)
+                                    .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?,
+                            ),
+                        )
+                    }
+                    (None, None, uri) => {
+                        let uri = uri.clone().unwrap_or_else(|| GOOGLE_JWKS_URI.to_string());
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .timeout_global(Some(Duration::from_secs(10)))
+                            .http_status_as_error(false)
+                            .build()
+                            .into();
+                        (Source::Uri(uri, agent), None)
+                    }
+                    _ => return Err("gcp: set only one of jwks, jwksFile, jwksUri".into()),
+                };
+                Ok(GcpVerifier {
+                    source: Arc::new(source),
+                    state: Arc::new(Mutex::new(State {
+                        keys,
+                        last_fetch: None,
+                    })),
+                    min_refresh: Duration::from_secs(60),
+                })
             }
-        }
 
-        /// Verify a token (blocking: may fetch keys; call from a blocking task).
-        pub fn verify(&self, token: &str, ctx: &VerifyContext) -> Result<VerifiedGcp, VerifyError> {
-            let kid = token_kid(token)?;
-            let mut st = self
-                .state
-                .lock()
-                .map_err(|_| VerifyError::Unavailable("key cache poisoned".into()))?;
-            let known = st.keys.as_ref().is_some_and(|k| k.has_kid(&kid));
-            let may_fetch = st
-                .last_fetch
-                .is_none_or(|t| t.elapsed() >= self.min_refresh);
-            if !known && may_fetch && !matches!(*self.source, Source::Inline) {
-                st.last_fetch = Some(Instant::now());
-                match self.load() {
-                    Ok(keys) => st.keys = Some(keys),
-                    Err(e) if st.keys.is_none() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refreshing Google's keys failed; keeping the cached ones")
+            pub fn with_min_refresh(mut self, d: Duration) -> GcpVerifier {
+                self.min_refresh = d;
+                self
+            }
+
+            fn load(&self) -> Result<GoogleKeys, VerifyError> {
+                match &*self.source {
+                    Source::Inline => Err(VerifyError::InvalidSignature(
+                        "inline JWKS has no such kid".into(),
+                    )),
+                    Source::File(p) => std::fs::read_to_string(p)
+                        .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", p.display())))
+                        .and_then(|t| {
+                            GoogleKeys::from_jwks_json(&t).map_err(VerifyError::Unavailable)
+                        }),
+                    Source::Uri(uri, agent) => {
+                        let mut resp = agent
+                            .get(uri)
+                            .call()
+                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
+                        if resp.status() != 200 {
+                            return Err(VerifyError::Unavailable(format!(
+                                "GET {uri}: HTTP {}",
+                                resp.status()
+                            )));
+                        }
+                        let text = resp
+                            .body_mut()
+                            .with_config()
+                            .limit(1 << 20)
+                            .read_to_string()
+                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
+                        GoogleKeys::from_jwks_json(&text).map_err(VerifyError::Unavailable)
                     }
                 }
             }
-            let keys = st.keys.clone().ok_or_else(|| {
-                VerifyError::Unavailable("Google's keys are not loaded yet".into())
-            })?;
-            drop(st);
-            verify_token(token, &keys, ctx)
+
+            /// Verify a token (blocking: may fetch keys; call from a blocking task).
+            pub fn verify(
+                &self,
+                token: &str,
+                ctx: &VerifyContext,
+            ) -> Result<VerifiedGcp, VerifyError> {
+                let kid = token_kid(token)?;
+                let mut st = self
+                    .state
+                    .lock()
+                    .map_err(|_| VerifyError::Unavailable("key cache poisoned".into()))?;
+                let known = st.keys.as_ref().is_some_and(|k| k.has_kid(&kid));
+                let may_fetch = st
+                    .last_fetch
+                    .is_none_or(|t| t.elapsed() >= self.min_refresh);
+                if !known && may_fetch && !matches!(*self.source, Source::Inline) {
+                    st.last_fetch = Some(Instant::now());
+                    match self.load() {
+                        Ok(keys) => st.keys = Some(keys),
+                        Err(e) if st.keys.is_none() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refreshing Google's keys failed; keeping the cached ones")
+                        }
+                    }
+                }
+                let keys = st.keys.clone().ok_or_else(|| {
+                    VerifyError::Unavailable("Google's keys are not loaded yet".into())
+                })?;
+                drop(st);
+                verify_token(token, &keys, ctx)
+            }
         }
     }
 }

@@ -11,7 +11,6 @@ use std::time::SystemTime;
 
 use crate::api::protocol::ErrorCode;
 
-#[cfg(feature = "endpoint")]
 pub mod jwt;
 #[cfg(feature = "agent")]
 pub mod plugin;
@@ -19,15 +18,10 @@ pub mod plugin;
 // Cloud platforms (issue 4): each module holds the agent half and the endpoint half.
 pub mod aws;
 pub mod azure;
-#[cfg(feature = "endpoint")]
 pub mod cms;
 #[cfg(feature = "agent")]
 pub mod detect;
 pub mod gcp;
-#[cfg(feature = "endpoint")]
-pub mod simulator;
-#[cfg(feature = "endpoint")]
-pub mod verify_cli;
 
 /// Clock skew tolerated between the host's credential issuer and the endpoint, in seconds:
 /// the same for every time check (JWT `exp`/`nbf`/`iat`, certificate validity in PKCS#7

@@ -57,12 +57,24 @@ pub struct GetCredentialResponse {
 }
 
 /// A `google.protobuf.Any` in its JSON form: `@type` plus the message's fields inline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` names the fields but never shows their values (a token is a credential).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnyCredential {
     #[serde(rename = "@type")]
     pub type_url: String,
     #[serde(flatten)]
     pub fields: Map<String, Value>,
+}
+
+impl std::fmt::Debug for AnyCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("AnyCredential");
+        d.field("type_url", &self.type_url);
+        for name in self.fields.keys() {
+            d.field(name, &crate::secret::Secret::new(()));
+        }
+        d.finish()
+    }
 }
 
 impl AnyCredential {
@@ -468,6 +480,17 @@ fn tail(mut reader: impl Read, keep: usize) -> String {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::Path;
+
+    #[test]
+    fn debug_of_a_plugin_credential_hides_the_token() {
+        let c = super::AnyCredential::jwt("eyJ.secret-token.sig");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(
+            shown.contains("token") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     use super::*;
     use crate::api::agent_config::EnvVar;

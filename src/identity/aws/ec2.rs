@@ -13,6 +13,7 @@ use x509_cert::Certificate;
 
 use super::partition_of;
 use crate::api::identity::{AwsIdentity, Ec2Identity};
+use crate::clock::unix;
 use crate::identity::VerifyError;
 use crate::identity::cms::{self, CmsError, HashAlg, SignedMessage};
 
@@ -134,13 +135,6 @@ impl From<Ec2Error> for VerifyError {
             Ec2Error::FormDisabled(_) => VerifyError::Unsupported(msg),
             Ec2Error::CertificateNotValid(_) => VerifyError::Expired(msg),
         }
-    }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
     }
 }
 

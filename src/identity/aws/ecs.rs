@@ -247,16 +247,12 @@ mod collect {
     }
 }
 
-#[cfg(feature = "endpoint")]
 pub use forward::*;
 
-#[cfg(feature = "endpoint")]
+/// The endpoint half: [`check_request`] decides (pure); [`verify`] forwards to STS (shell).
 mod forward {
-    use std::time::Duration;
-
     use super::*;
     use crate::identity::VerifyError;
-    use crate::identity::aws::api::{first_value, xml_values};
     use crate::identity::aws::sigv4;
 
     /// `authentication.aws.ecs` in the endpoint's config.
@@ -330,12 +326,16 @@ mod forward {
     }
 
     /// Forward the request to STS and build the identity (blocking).
+    #[cfg(feature = "endpoint")]
     pub fn verify(
         req: &SignedStsRequest,
         task_metadata: Option<&serde_json::Value>,
         cfg: &EcsConfig,
         audience: &str,
     ) -> Result<AwsIdentity, VerifyError> {
+        use crate::identity::aws::api::{first_value, xml_values};
+        use std::time::Duration;
+
         check_request(req, cfg, audience)?;
         let http: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))

@@ -17,15 +17,12 @@ use crate::api::policy::AwsIdentityMatcher;
 #[cfg(feature = "endpoint")]
 pub mod api;
 
-#[cfg(feature = "endpoint")]
 pub mod certs;
-#[cfg(feature = "endpoint")]
 pub mod ec2;
 pub mod ecs;
 #[cfg(feature = "agent")]
 pub mod imds;
 pub mod replay;
-#[cfg(any(feature = "endpoint", feature = "agent"))]
 pub mod sigv4;
 
 /// The AWS partition a region belongs to (used in ARNs and to pick API endpoints).

@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use crate::api::registration::AddressType;
+use crate::clock::unix;
 
 /// Teleport's allowance for clock skew between AWS and the endpoint.
 pub const PENDING_TIME_SKEW: Duration = Duration::from_secs(60);
@@ -215,12 +216,6 @@ pub struct LiveSession {
 #[derive(Debug, Clone, Default)]
 pub struct SessionRegistry {
     sessions: HashMap<String, LiveSession>,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl SessionRegistry {

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::api::identity::WorkloadIdentity;
-use crate::identity::VerifyContext;
-use crate::identity::aws::ec2::{self, Ec2Trust, SignatureForm};
-use crate::identity::cms;
-use crate::identity::gcp::{GoogleKeys, verify_token};
+use workload_onboarding::api::identity::WorkloadIdentity;
+use workload_onboarding::identity::VerifyContext;
+use workload_onboarding::identity::aws::ec2::{self, Ec2Trust, SignatureForm};
+use workload_onboarding::identity::cms;
+use workload_onboarding::identity::gcp::{GoogleKeys, verify_token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyPlatform {
@@ -149,7 +149,7 @@ fn region_hint(document: &str, pkcs7: Option<&str>) -> Result<String, String> {
 pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     match verify(args) {
         Ok(id) => {
-            print!("{}", crate::yaml::to_string(&id)?);
+            print!("{}", workload_onboarding::yaml::to_string(&id)?);
             Ok(())
         }
         Err(why) => Err(anyhow::anyhow!("credential refused: {why}")),
@@ -189,7 +189,7 @@ mod tests {
             ..args(VerifyPlatform::Aws)
         };
         let id = verify(&a).unwrap();
-        let yaml = crate::yaml::to_string(&id).unwrap();
+        let yaml = workload_onboarding::yaml::to_string(&id).unwrap();
         assert!(yaml.contains("us-west-2a"), "{yaml}");
         assert!(yaml.contains("instanceId"), "{yaml}");
     }

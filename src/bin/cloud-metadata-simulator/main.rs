@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use workload_onboarding::identity::simulator::{
-    SimulatedHost, Simulator, SimulatorKeys, SimulatorServer,
-};
+use simulator::{SimulatedHost, Simulator, SimulatorKeys, SimulatorServer};
+
+// Shared with the tests (tests/identity_simulator.rs and others compile the same file), which
+// use parts this binary does not.
+#[allow(dead_code)]
+mod simulator;
 
 #[derive(Parser)]
 #[command(

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::{
-    BootstrapInput, DEFAULT_CLUSTER_ID, DEFAULT_ISTIO_NAMESPACE, InstanceIp, InterceptionMode,
-    Renderer, hosts_file, parse_gateway,
+use workload_onboarding::api::istio::{WorkloadGroup, is_networking_api_version};
+use workload_onboarding::api::meta::Labels;
+use workload_onboarding::api::registration::WorkloadGroupSnapshot;
+use workload_onboarding::bootstrap::{
+    self, BootstrapInput, DEFAULT_CLUSTER_ID, DEFAULT_ISTIO_NAMESPACE, InstanceIp,
+    InterceptionMode, Renderer, hosts_file, parse_gateway,
 };
-use crate::api::istio::{WorkloadGroup, is_networking_api_version};
-use crate::api::meta::Labels;
-use crate::api::registration::WorkloadGroupSnapshot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InterceptionArg {
@@ -108,7 +108,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         InterceptionArg::None => InterceptionMode::None,
         InterceptionArg::Redirect => InterceptionMode::Redirect,
     };
-    let computed = super::compute(&input)?;
+    let computed = bootstrap::compute(&input)?;
     let bootstrap = renderer.render_computed(&input, &computed)?;
     let mut notes = computed.warnings.clone();
     notes.extend(missing_input_notes(
@@ -127,7 +127,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             ));
         }
         let dest = args.output.join(&spec.name);
-        crate::atomic::write_file(&dest, file.content.as_bytes(), file.mode.bits())?;
+        workload_onboarding::atomic::write_file(&dest, file.content.as_bytes(), file.mode.bits())?;
     }
     // Written even when empty, as istioctl does: an empty hosts file is a valid answer.
     let hosts = hosts_file(&bootstrap.hosts);
@@ -137,7 +137,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
             computed.istiod_host
         ));
     }
-    crate::atomic::write_file(&args.output.join("hosts"), hosts.as_bytes(), 0o644)?;
+    workload_onboarding::atomic::write_file(&args.output.join("hosts"), hosts.as_bytes(), 0o644)?;
     for note in notes {
         eprintln!("render: {note}");
     }
@@ -183,7 +183,7 @@ fn read_optional(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
 pub fn read_workload_group(path: &Path) -> anyhow::Result<WorkloadGroupSnapshot> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the WorkloadGroup {}", path.display()))?;
-    let wg: WorkloadGroup = crate::yaml::from_str(path, &text)?;
+    let wg: WorkloadGroup = workload_onboarding::yaml::from_str(path, &text)?;
     if wg.kind != "WorkloadGroup" {
         bail!(
             "{}: kind is {:?}, expected WorkloadGroup",
@@ -227,7 +227,7 @@ pub fn read_mesh_config(path: &Path) -> anyhow::Result<Value> {
 /// A bare MeshConfig, the `istio[-<rev>]` ConfigMap as `kubectl get cm istio -n istio-system
 /// -o yaml` (or `-o json`) prints it, or a `kind: List` holding that ConfigMap.
 pub fn parse_mesh_config(path: &Path, text: &str) -> anyhow::Result<Value> {
-    let v: Value = crate::yaml::from_str(path, text)?;
+    let v: Value = workload_onboarding::yaml::from_str(path, text)?;
     match v.get("kind").and_then(Value::as_str) {
         Some("ConfigMap") => mesh_of_configmap(path, &v),
         Some("List") | Some("ConfigMapList") => {
@@ -290,7 +290,7 @@ fn mesh_of_configmap(path: &Path, cm: &Value) -> anyhow::Result<Value> {
         );
     };
     let inner = PathBuf::from(format!("{} (ConfigMap {name} data.mesh)", path.display()));
-    let parsed: Value = crate::yaml::from_str(&inner, mesh)?;
+    let parsed: Value = workload_onboarding::yaml::from_str(&inner, mesh)?;
     match parsed {
         Value::Null | Value::Object(_) => Ok(parsed),
         _ => bail!(

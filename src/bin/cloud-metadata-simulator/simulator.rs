@@ -20,7 +20,7 @@ use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use x509_cert::Certificate;
 
-use crate::identity::cms;
+use workload_onboarding::identity::cms;
 
 /// The kid of the simulator's GCE signing key.
 pub const GCP_KID: &str = "sim-gcp-1";
@@ -184,10 +184,9 @@ impl SimulatorKeys {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    workload_onboarding::clock::unix(SystemTime::now())
+        .max(0)
+        .unsigned_abs()
 }
 
 /// The simulator: signing logic (usable without the HTTP server) and its state.
