@@ -1,9 +1,8 @@
 //! `onboarding-endpoint`: the server agents onboard through, and the operator's tools around
 //! it (offline rendering, listing registrations).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -13,12 +12,12 @@ use workload_onboarding::endpoint::config::{EndpointConfig, LogFormat};
 use workload_onboarding::endpoint::render::Renderer;
 use workload_onboarding::endpoint::server::{self, ServerOptions};
 use workload_onboarding::endpoint::service::{Service, ServiceSettings};
-use workload_onboarding::endpoint::{cli, tls};
+use workload_onboarding::endpoint::{cli, dev_certs, plane, tls};
 use workload_onboarding::identity::jwt::JwtVerifier;
 use workload_onboarding::identity::verify_cli;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
-use workload_onboarding::{atomic, bootstrap, token};
+use workload_onboarding::{bootstrap, token};
 
 const DEFAULT_CONFIG: &str = "/etc/onboarding-endpoint/endpoint.yaml";
 
@@ -365,19 +364,6 @@ fn init_logging(cfg: &EndpointConfig) {
     }
 }
 
-/// Reads a small state file, or creates it with `make()` (mode `mode`) when missing.
-fn read_or_create(path: &Path, mode: u32, make: impl FnOnce() -> Result<String>) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let value = make()?;
-            atomic::write_file(path, value.as_bytes(), mode)?;
-            Ok(value)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     let (config_path, cfg) = load_config(config)?;
     let config_path = config_path.as_path();
@@ -388,37 +374,30 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
 
-    let plane_uid = match &cfg.plane_uid {
-        Some(u) => u.clone(),
-        None => read_or_create(&state.join("plane-uid"), 0o644, || {
-            Ok(uuid::Uuid::new_v4().to_string())
-        })?
-        .trim()
-        .to_string(),
-    };
-    let key_path = cfg
-        .token_issuer
-        .signing_key_file
-        .clone()
-        .unwrap_or_else(|| state.join("session-signing-key.pem"));
-    let key_pem = read_or_create(&key_path, 0o600, || Ok(token::generate_signing_key_pem()?))?;
-    let tokens =
-        token::SessionTokens::from_pem(&key_pem, &plane_uid, cfg.token_issuer.expiration.as_std())
-            .with_context(|| format!("session signing key {}", key_path.display()))?;
+    let plane_uid = plane::plane_uid(cfg.plane_uid.as_deref(), state)?;
+    let key_path = plane::signing_key_path(cfg.token_issuer.signing_key_file.as_deref(), state);
+    let key_pem = plane::signing_key(&key_path)?;
+    let tokens = token::SessionTokens::from_pem(
+        key_pem.pem(),
+        &plane_uid,
+        cfg.token_issuer.expiration.as_std(),
+    )
+    .with_context(|| format!("session signing key {}", key_path.display()))?;
 
-    let (cert_file, key_file) = match (&cfg.tls, dev) {
-        (Some(t), _) => (t.cert_file.clone(), t.key_file.clone()),
-        (None, true) => {
-            let host = hostname();
-            let (ca, crt, key) = tls::dev_certificate(
-                &state.join("dev-tls"),
-                &["localhost".into(), "127.0.0.1".into(), "::1".into(), host],
-            )?;
+    let (cert_file, key_file) = match dev_certs::cert_source(
+        cfg.tls.as_ref(),
+        dev,
+        state,
+        &hostname(),
+    ) {
+        dev_certs::CertSource::Configured(t) => (t.cert_file, t.key_file),
+        dev_certs::CertSource::Dev { dir, names } => {
+            let (ca, crt, key) = dev_certs::dev_certificate(&dir, &names)?;
             tracing::warn!(ca = %ca.display(), "--dev: serving a self-signed development certificate; agents must trust this CA");
             println!("dev CA: {}", ca.display());
             (crt, key)
         }
-        (None, false) => {
+        dev_certs::CertSource::Missing => {
             return Err(usage(anyhow::anyhow!(
                 "{}: no tls.certFile/tls.keyFile configured. Give the endpoint a certificate \
                  (see docs/endpoint.md), or pass --dev for a local trial with a self-signed one",
@@ -509,9 +488,10 @@ fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let sweeper = {
             let svc = svc.clone();
-            let every = (settings.keep_alive_timeout / 3)
-                .min(settings.grace_period / 4)
-                .clamp(Duration::from_millis(200), Duration::from_secs(10));
+            let every = workload_onboarding::registration::connection::sweep_interval(
+                settings.keep_alive_timeout,
+                settings.grace_period,
+            );
             let mut rx = rx.clone();
             tokio::spawn(async move {
                 loop {

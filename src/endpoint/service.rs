@@ -18,8 +18,7 @@ use crate::api::validation;
 use crate::endpoint::metrics::Metrics;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{VerifyContext, VerifyError};
-use crate::policy::{self, Decision, GroupRef};
-use crate::registration::{self, RegistrationRules, connection, naming, session};
+use crate::registration::{self, RegistrationRules, admission, connection, session};
 use crate::store::{Store, StoreError};
 use crate::timestamp;
 use crate::token::{SessionClaims, SessionTokens, TokenError};
@@ -338,99 +337,117 @@ impl<S: Store> Service<S> {
             Ok(v) => v,
             Err(e) => return Err(self.refuse(platform, group_ref, &source, e)),
         };
-        let identity = verified.identity.clone();
-        let short_name = verified.short_name.clone();
+        let identity = &verified.identity;
         let platform = identity.platform();
         let group = self
             .store
             .workload_group(&group_ref.namespace, &group_ref.name);
-        let decision = match &group {
-            Some(g) => {
-                let policies = self.store.policies(&group_ref.namespace);
-                policy::evaluate(
-                    &policies,
-                    GroupRef {
-                        namespace: &g.metadata.namespace,
-                        name: &g.metadata.name,
-                        labels: &g.metadata.labels,
-                    },
-                    &identity,
-                )
-            }
-            None => Decision::Deny {
-                considered: vec![format!("WorkloadGroup {group_ref} does not exist")],
-            },
-        };
-        if let Decision::Deny { .. } = &decision {
-            self.metrics.onboarding("denied", platform);
-            self.metrics
-                .policy_denial(group.as_ref().map(|g| g.metadata.namespace.as_str()));
-            tracing::warn!(
-                group = %group_ref,
-                identity = %identity,
-                "onboarding denied: {decision}"
-            );
-            // What the agent learns stays inside the namespace it asked for.
-            return Err(api(
-                ErrorCode::PolicyDenied,
-                format!(
-                    "not authorized to join WorkloadGroup {group_ref}: it does not exist, or no \
-                     OnboardingPolicy in namespace {} allows this {platform} identity; the \
-                     endpoint's log lists the rules it considered",
-                    group_ref.namespace
-                ),
-            ));
-        }
-        let war_name = naming::war_name(&group_ref.name, &identity, short_name.as_deref());
-        let registration = NamespacedName {
-            namespace: group_ref.namespace.clone(),
-            name: war_name,
-        };
-        // The agent renewing its own session (its current token names this registration).
-        let continuing = bearer
-            .and_then(|b| self.tokens.verify(b, now).ok())
-            .filter(|c| c.registration().as_ref() == Some(&registration))
-            .map(|c| c.jti);
+        let policies = self.store.policies(&group_ref.namespace);
+        let target = admission::target(admission::Onboarding {
+            workload_group: group_ref,
+            identity,
+            jwt_short_name: verified.short_name.as_deref(),
+            group: group.as_ref(),
+            policies: &policies,
+        })
+        .map_err(|r| self.refused(r, platform, group_ref, identity, &source))?;
         let existing = self
             .store
-            .get_war(&registration.namespace, &registration.name)
+            .get_war(&target.registration.namespace, &target.registration.name)
             .await
             .map_err(store_err)?;
-        if let (Some(pending), Some(max)) = (
-            verified.ec2_pending_time,
-            self.cloud.ec2.as_ref().and_then(|e| e.max_age),
-        ) && continuing.is_none()
-            && existing.is_none()
-            && let Err(e) = crate::identity::aws::replay::check_max_age(pending, now, Some(max))
-        {
-            return Err(self.refuse(platform, group_ref, &source, cloud::replay_error(e)));
+        let current = bearer.and_then(|b| self.tokens.verify(b, now).ok());
+        let current_registration = current.as_ref().and_then(SessionClaims::registration);
+        let host_key = cloud::host_key(identity);
+        let plan = admission::admit(
+            &target,
+            admission::Facts {
+                bearer: current.as_ref().map(|c| admission::Bearer {
+                    registration: current_registration.as_ref(),
+                    jti: &c.jti,
+                }),
+                existing: existing.as_ref(),
+                ec2_pending_time: verified.ec2_pending_time,
+                ec2_max_age: self.cloud.ec2.as_ref().and_then(|e| e.max_age),
+                gcp_token: verified.gcp_token,
+                host_key: host_key.as_deref(),
+                one_session_per_host: self.cloud.one_session_per_host,
+                now,
+            },
+        )
+        .map_err(|r| self.refused(r, platform, group_ref, identity, &source))?;
+        let (token, exp) = self.execute(&plan, &verified, group_ref, &source, now)?;
+        let registration = plan.registration;
+        self.metrics.onboarding("allowed", platform);
+        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {}", target.decision);
+        Ok(AuthorizeResponse {
+            token,
+            expires_at: timestamp::format(exp),
+            registration,
+        })
+    }
+
+    /// Logs, counts and answers a refusal decided by `registration::admission`.
+    fn refused(
+        &self,
+        refusal: admission::Refusal,
+        platform: &str,
+        group_ref: &NamespacedName,
+        identity: &WorkloadIdentity,
+        source: &RequestSource,
+    ) -> ApiError {
+        match refusal {
+            admission::Refusal::PolicyDenied {
+                message,
+                reason,
+                namespace,
+            } => {
+                self.metrics.onboarding("denied", platform);
+                self.metrics.policy_denial(namespace.as_deref());
+                tracing::warn!(
+                    group = %group_ref,
+                    identity = %identity,
+                    "onboarding denied: {reason}"
+                );
+                api(ErrorCode::PolicyDenied, message)
+            }
+            admission::Refusal::TooOld(e) => {
+                self.refuse(platform, group_ref, source, cloud::replay_error(e))
+            }
         }
-        let host_key = cloud::host_key(&identity);
-        if let (Some((iat, exp)), Some(key)) = (verified.gcp_token, host_key.as_deref())
-            && let Err(e) = self
-                .replay
-                .use_gcp_token(key, iat, exp, continuing.is_some())
+    }
+
+    /// Carries out an admission plan: GCP single use, the session token, the host's one
+    /// live session. Returns the token and when it expires.
+    fn execute(
+        &self,
+        plan: &admission::Plan,
+        verified: &Verified,
+        group_ref: &NamespacedName,
+        source: &RequestSource,
+        now: SystemTime,
+    ) -> ApiResult<(String, SystemTime)> {
+        let platform = verified.identity.platform();
+        if let Some(u) = &plan.gcp_single_use
+            && let Err(e) = self.replay.use_gcp_token(&u.host, u.iat, u.exp, u.renewal)
         {
-            return Err(self.refuse(platform, group_ref, &source, e));
+            return Err(self.refuse(platform, group_ref, source, e));
         }
         let (token, exp) = self
             .tokens
             .issue(
-                &registration,
-                identity.clone(),
+                &plan.registration,
+                verified.identity.clone(),
                 group_ref.clone(),
-                short_name,
-                // The session continues this WAR, and ends if it is deleted or replaced.
-                existing.and_then(|w| w.metadata.uid),
+                verified.short_name.clone(),
+                plan.registration_uid.clone(),
                 now,
             )
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot sign session token");
                 api(ErrorCode::Internal, "cannot issue a session token")
             })?;
-        if self.cloud.one_session_per_host
-            && let Some(key) = &host_key
-        {
+        if let Some(hs) = &plan.host_session {
             let jti = self
                 .tokens
                 .verify(&token, now)
@@ -440,18 +457,18 @@ impl<S: Store> Service<S> {
                     api(ErrorCode::Internal, "cannot issue a session token")
                 })?;
             if let Err(e) = self.replay.begin_session(
-                key,
-                continuing.as_deref(),
+                &hs.host,
+                hs.previous.as_deref(),
                 &jti,
                 now,
                 self.settings.keep_alive_timeout,
             ) {
                 self.metrics.onboarding("session_conflict", platform);
                 tracing::warn!(
-                    host = %key,
+                    host = %hs.host,
                     peer = ?source.peer,
                     group = %group_ref,
-                    registration = %registration,
+                    registration = %plan.registration,
                     "second concurrent session refused: {e}"
                 );
                 return Err(api(
@@ -462,13 +479,7 @@ impl<S: Store> Service<S> {
                 ));
             }
         }
-        self.metrics.onboarding("allowed", platform);
-        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {decision}");
-        Ok(AuthorizeResponse {
-            token,
-            expires_at: timestamp::format(exp),
-            registration,
-        })
+        Ok((token, exp))
     }
 
     fn session(&self, bearer: Option<&str>) -> ApiResult<(SessionClaims, NamespacedName)> {
