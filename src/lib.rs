@@ -13,6 +13,7 @@ pub mod bootstrap;
 #[cfg(feature = "endpoint")]
 pub mod endpoint;
 pub mod identity;
+pub mod lock;
 pub mod policy;
 pub mod registration;
 #[cfg(feature = "endpoint")]

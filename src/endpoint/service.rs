@@ -18,12 +18,13 @@ use crate::api::validation;
 use crate::endpoint::metrics::Metrics;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{VerifyContext, VerifyError};
+use crate::lock::{self, Poisoned};
 use crate::registration::{self, RegistrationRules, admission, connection, session};
 use crate::store::{Store, StoreError};
 use crate::timestamp;
 use crate::token::{SessionClaims, SessionTokens, TokenError};
 
-use super::cloud::{self, CloudAuth, ReplayState, RequestSource};
+use super::cloud::{self, CloudAuth, HostSessionError, ReplayState, RequestSource};
 use super::render::Renderer;
 
 /// Settings the service needs at run time (from the config file).
@@ -111,6 +112,27 @@ fn store_err(e: StoreError) -> ApiError {
     api(
         ErrorCode::Unavailable,
         "the endpoint cannot reach its registration store; retry later",
+    )
+}
+
+/// Why a cleanup pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+}
+
+const SESSIONS: &str = "live session table";
+const CREATED: &str = "created-by-token table";
+
+/// A request that finds a lock poisoned (see `crate::lock`) is refused as an internal error.
+fn internal(e: Poisoned) -> ApiError {
+    tracing::error!("{e}");
+    api(
+        ErrorCode::Internal,
+        "internal error; the endpoint needs a restart",
     )
 }
 
@@ -456,13 +478,17 @@ impl<S: Store> Service<S> {
                     tracing::error!(error = %e, "cannot read back a session token just issued");
                     api(ErrorCode::Internal, "cannot issue a session token")
                 })?;
-            if let Err(e) = self.replay.begin_session(
+            let begun = self.replay.begin_session(
                 &hs.host,
                 hs.previous.as_deref(),
                 &jti,
                 now,
                 self.settings.keep_alive_timeout,
-            ) {
+            );
+            if let Err(HostSessionError::Poisoned(e)) = begun {
+                return Err(internal(e));
+            }
+            if let Err(e) = begun {
                 self.metrics.onboarding("session_conflict", platform);
                 tracing::warn!(
                     host = %hs.host,
@@ -521,11 +547,9 @@ impl<S: Store> Service<S> {
         let wg = &claims.workload_group;
         let group = self.store.workload_group(&wg.namespace, &wg.name);
         let policies = self.store.policies(&wg.namespace);
-        let created_before = self
-            .created
-            .lock()
-            .map(|c| c.contains_key(&claims.jti))
-            .unwrap_or(false);
+        let created_before = lock::lock(&self.created, CREATED)
+            .map_err(internal)?
+            .contains_key(&claims.jti);
         let verdict = session::check(
             call,
             session::Session {
@@ -638,8 +662,14 @@ impl<S: Store> Service<S> {
             .put_registration(&war, &entry)
             .await
             .map_err(store_err)?;
-        if !reused && let Ok(mut c) = self.created.lock() {
-            c.insert(claims.jti.clone(), SystemTime::now());
+        if !reused {
+            match lock::lock(&self.created, CREATED) {
+                Ok(mut c) => {
+                    c.insert(claims.jti.clone(), SystemTime::now());
+                }
+                // Every later session check refuses (`admit`), so the token cannot create again.
+                Err(e) => tracing::error!("{e}"),
+            }
         }
         self.touch(&reg_name);
         self.metrics.registrations.inc();
@@ -700,6 +730,9 @@ impl<S: Store> Service<S> {
                 self.settings.keep_alive_timeout,
             )
         {
+            if let HostSessionError::Poisoned(p) = e {
+                return Err(internal(p));
+            }
             tracing::warn!(host = %key, registration = %reg, "keep-alive of a session that is no longer this host's live one: {e}");
             return Err(api(ErrorCode::SessionConflict, e.to_string()));
         }
@@ -751,44 +784,50 @@ impl<S: Store> Service<S> {
     }
 
     fn touch(&self, reg: &NamespacedName) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(reg.clone(), Instant::now());
-            self.metrics.connected_agents.set(s.len() as i64);
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.insert(reg.clone(), Instant::now());
+                self.metrics.connected_agents.set(s.len() as i64);
+            }
+            // The cleanup loop refuses to run on it (`sweep`), so no WAR is swept for it.
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
     fn forget(&self, reg: &NamespacedName) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.remove(reg);
-            self.metrics.connected_agents.set(s.len() as i64);
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.remove(reg);
+                self.metrics.connected_agents.set(s.len() as i64);
+            }
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
     /// One pass of the cleanup loop: agents silent for longer than the keep-alive timeout
     /// are marked disconnected; WARs disconnected for longer than the grace period are
     /// deleted with their WorkloadEntry. Returns (disconnected, deleted).
-    pub async fn sweep(&self) -> Result<(usize, usize), StoreError> {
+    /// Without a trustworthy session table (a poisoned lock) the pass does nothing: it
+    /// could not tell live agents from silent ones.
+    pub async fn sweep(&self) -> Result<(usize, usize), SweepError> {
         let timeout = self.settings.keep_alive_timeout;
         self.replay.sweep(SystemTime::now());
-        if let Ok(mut c) = self.created.lock() {
-            c.retain(|_, at| at.elapsed().is_ok_and(|age| age <= session::CREATE_WINDOW));
-        }
-        let stale: Vec<NamespacedName> = match self.sessions.lock() {
-            Ok(s) => s
+        lock::lock(&self.created, CREATED)?
+            .retain(|_, at| at.elapsed().is_ok_and(|age| age <= session::CREATE_WINDOW));
+        let (stale, live) = {
+            let mut s = lock::lock(&self.sessions, SESSIONS)?;
+            let stale: Vec<NamespacedName> = s
                 .iter()
                 .filter(|(_, seen)| seen.elapsed() >= timeout)
                 .map(|(k, _)| k.clone())
-                .collect(),
-            Err(_) => Vec::new(),
+                .collect();
+            for reg in &stale {
+                s.remove(reg);
+            }
+            self.metrics.connected_agents.set(s.len() as i64);
+            let live: std::collections::HashSet<NamespacedName> = s.keys().cloned().collect();
+            (stale, live)
         };
-        for reg in &stale {
-            self.forget(reg);
-        }
-        let live: std::collections::HashSet<NamespacedName> = self
-            .sessions
-            .lock()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default();
         // After a restart nothing is in `sessions`: give agents one timeout to come back
         // before calling them disconnected.
         let restart_settled = self.started.elapsed() >= timeout;
