@@ -73,15 +73,18 @@ fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     parse_mode(&s).map_err(serde::de::Error::custom)
 }
 
+/// A file mode in a manifest that is not a permission in octal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mode {0:?} is not a permission in octal: write it as a quoted string like \"0644\"")]
+pub struct ModeError(pub String);
+
 /// `"0644"`, `"644"`, `"0o600"` -> bits; anything else (or bits above 0777) is an error.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     let digits = s.trim().trim_start_matches("0o");
     let ok = !digits.is_empty() && digits.len() <= 4 && digits.chars().all(|c| c.is_digit(8));
     match u32::from_str_radix(digits, 8) {
         Ok(m) if ok && m <= 0o777 => Ok(m),
-        _ => Err(format!(
-            "mode {s:?} is not a permission in octal: write it as a quoted string like \"0644\""
-        )),
+        _ => Err(ModeError(s.to_string())),
     }
 }
 
