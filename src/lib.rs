@@ -13,6 +13,7 @@ pub mod clock;
 #[cfg(feature = "endpoint")]
 pub mod endpoint;
 pub mod identity;
+pub mod lock;
 pub mod policy;
 pub mod registration;
 pub mod secret;

@@ -119,7 +119,25 @@ pub fn evaluate(
 /// Matches one `workloads[]` entry against the identity, or says why not: the field, the
 /// value the identity has and what the matcher allows, so that an operator reading a denial
 /// can fix the policy (or see that the host is not who it should be) without a debugger.
-pub fn match_identity(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), String> {
+pub fn match_identity(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), Mismatch> {
+    identity_mismatch(m, id).map_err(Mismatch)
+}
+
+/// Why a matcher or a selector does not match: one line for the operator reading a denial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub String);
+
+impl std::ops::Deref for Mismatch {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+// The reasons are built as plain strings inside this module; they become a `Mismatch` at
+// its edge (`match_identity`, `explain_selector`).
+fn identity_mismatch(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), String> {
     let platform_mismatch = || {
         let kind = matcher_kind(m);
         Err(format!(
@@ -208,7 +226,11 @@ fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
 /// Whether `selector` selects `labels`, with Kubernetes' semantics (the same as
 /// [`LabelSelector::matches`]); `Err` names every requirement that failed, with the label's
 /// actual value and the wanted one.
-pub fn explain_selector(selector: &LabelSelector, labels: &Labels) -> Result<(), String> {
+pub fn explain_selector(selector: &LabelSelector, labels: &Labels) -> Result<(), Mismatch> {
+    selector_mismatch(selector, labels).map_err(Mismatch)
+}
+
+fn selector_mismatch(selector: &LabelSelector, labels: &Labels) -> Result<(), String> {
     let mut misses = Vec::new();
     for (k, want) in &selector.match_labels {
         match labels.get(k) {

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -13,12 +12,12 @@ use workload_onboarding::endpoint::config::{EndpointConfig, LogFormat};
 use workload_onboarding::endpoint::render::Renderer;
 use workload_onboarding::endpoint::server::{self, ServerOptions};
 use workload_onboarding::endpoint::service::{Service, ServiceSettings};
-use workload_onboarding::endpoint::{cli, tls};
+use workload_onboarding::endpoint::{cli, dev_certs, plane, tls};
 use workload_onboarding::identity::jwt::JwtVerifier;
 use workload_onboarding::store::Store;
 use workload_onboarding::store::file::{self, FileStore, FileStoreConfig};
 use workload_onboarding::store::kube::{self as kube_store, KubeStore};
-use workload_onboarding::{atomic, token};
+use workload_onboarding::token;
 
 // The offline commands live beside this file (a directory of its own would be
 // `onboarding-endpoint/main.rs`; the path keeps this file where it is).
@@ -452,19 +451,6 @@ fn init_logging(cfg: &EndpointConfig) {
     }
 }
 
-/// Reads a small state file, or creates it with `make()` (mode `mode`) when missing.
-fn read_or_create(path: &Path, mode: u32, make: impl FnOnce() -> Result<String>) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let value = make()?;
-            atomic::write_file(path, value.as_bytes(), mode)?;
-            Ok(value)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 fn serve(config: &ConfigArg, dev: bool) -> Result<()> {
     let (config_path, cfg) = load_config(config)?;
     let config_path = config_path.as_path();
@@ -496,23 +482,15 @@ fn serve_file(
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
 
-    let plane_uid = match &cfg.plane_uid {
-        Some(u) => u.clone(),
-        None => read_or_create(&state.join("plane-uid"), 0o644, || {
-            Ok(uuid::Uuid::new_v4().to_string())
-        })?
-        .trim()
-        .to_string(),
-    };
-    let key_path = cfg
-        .token_issuer
-        .signing_key_file
-        .clone()
-        .unwrap_or_else(|| state.join("session-signing-key.pem"));
-    let key_pem = read_or_create(&key_path, 0o600, || Ok(token::generate_signing_key_pem()?))?;
-    let tokens =
-        token::SessionTokens::from_pem(&key_pem, &plane_uid, cfg.token_issuer.expiration.as_std())
-            .with_context(|| format!("session signing key {}", key_path.display()))?;
+    let plane_uid = plane::plane_uid(cfg.plane_uid.as_deref(), state)?;
+    let key_path = plane::signing_key_path(cfg.token_issuer.signing_key_file.as_deref(), state);
+    let key_pem = plane::signing_key(&key_path)?;
+    let tokens = token::SessionTokens::from_pem(
+        key_pem.pem(),
+        &plane_uid,
+        cfg.token_issuer.expiration.as_std(),
+    )
+    .with_context(|| format!("session signing key {}", key_path.display()))?;
     let tls_cfg = tls_config(cfg, config_path, dev, Some(state))?;
     if cfg.istio_token.is_none() {
         tracing::warn!("no istioToken source configured: sidecars get an empty istio-token");
@@ -591,10 +569,9 @@ fn tls_config(
     let (cert_file, key_file) = match (&cfg.tls, dev, state) {
         (Some(t), _, _) => (t.cert_file.clone(), t.key_file.clone()),
         (None, true, Some(state)) => {
-            let host = hostname();
-            let (ca, crt, key) = tls::dev_certificate(
+            let (ca, crt, key) = dev_certs::dev_certificate(
                 &state.join("dev-tls"),
-                &["localhost".into(), "127.0.0.1".into(), "::1".into(), host],
+                &dev_certs::dev_names(&hostname()),
             )?;
             tracing::warn!(ca = %ca.display(), "--dev: serving a self-signed development certificate; agents must trust this CA");
             println!("dev CA: {}", ca.display());
@@ -700,9 +677,10 @@ async fn run_endpoint<S: Store>(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let sweeper = {
         let svc = svc.clone();
-        let every = (settings.keep_alive_timeout / 3)
-            .min(settings.grace_period / 4)
-            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let every = workload_onboarding::registration::connection::sweep_interval(
+            settings.keep_alive_timeout,
+            settings.grace_period,
+        );
         let mut rx = rx.clone();
         tokio::spawn(async move {
             loop {

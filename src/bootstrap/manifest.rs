@@ -73,8 +73,17 @@ fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     parse_mode(&s).map_err(serde::de::Error::custom)
 }
 
+/// A file mode in a manifest that is not a permission in octal, or one the agent would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    #[error("mode {0:?} is not a permission in octal: write it as a quoted string like \"0644\"")]
+    NotOctal(String),
+    #[error("mode {mode:?}: {reason}")]
+    NotAllowed { mode: String, reason: String },
+}
+
 /// `"0644"`, `"644"`, `"0o600"` -> bits; anything else (or bits above 0777) is an error.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     let digits = s.trim().trim_start_matches("0o");
     let ok = !digits.is_empty() && digits.len() <= 4 && digits.chars().all(|c| c.is_digit(8));
     match u32::from_str_radix(digits, 8) {
@@ -82,10 +91,11 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
             .map(|_| m)
             // Refused when the manifest is loaded, not at every render: the agent would
             // refuse such a file anyway.
-            .map_err(|e| format!("mode {s:?}: {e}")),
-        _ => Err(format!(
-            "mode {s:?} is not a permission in octal: write it as a quoted string like \"0644\""
-        )),
+            .map_err(|e| ModeError::NotAllowed {
+                mode: s.to_string(),
+                reason: e.to_string(),
+            }),
+        _ => Err(ModeError::NotOctal(s.to_string())),
     }
 }
 
@@ -249,7 +259,7 @@ mod tests {
         assert!(parse_mode("").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
         // Permissions the agent would refuse are refused when the manifest loads.
-        let e = parse_mode("0666").unwrap_err();
+        let e = parse_mode("0666").unwrap_err().to_string();
         assert!(e.contains("write"), "{e}");
         assert!(parse_mode("0775").is_err());
         assert!(parse_mode("4755").is_err());

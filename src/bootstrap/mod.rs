@@ -81,7 +81,8 @@ impl InterceptionMode {
 }
 
 /// Everything a render needs. Plain data: the caller fetched it (store, flags, files).
-#[derive(Debug, Clone)]
+/// `Debug` leaves out the istio-token (a bearer credential).
+#[derive(Clone)]
 pub struct BootstrapInput<'a> {
     pub workload_group: &'a WorkloadGroupSnapshot,
     /// The parsed MeshConfig (ConfigMap `istio[-<rev>]`, key `mesh`); `Null` if there is none.
@@ -105,6 +106,49 @@ pub struct BootstrapInput<'a> {
     pub interception_mode: InterceptionMode,
     /// istioctl's `--capture-dns` (default true): `ISTIO_META_DNS_CAPTURE=true`.
     pub dns_capture: bool,
+}
+
+impl std::fmt::Debug for BootstrapInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field is listed, so a new one is a compile error here rather than a silent
+        // omission (the destructuring has no `..`).
+        let BootstrapInput {
+            workload_group,
+            mesh_config,
+            root_cert,
+            istio_token: _,
+            istio_token_expires_at,
+            revision,
+            cluster_id,
+            istio_namespace,
+            trust_domain,
+            instance_ip,
+            istiod_gateway,
+            agent_labels,
+            workload_entry_name,
+            sidecar,
+            interception_mode,
+            dns_capture,
+        } = self;
+        f.debug_struct("BootstrapInput")
+            .field("workload_group", workload_group)
+            .field("mesh_config", mesh_config)
+            .field("root_cert", root_cert)
+            .field("istio_token", &"<redacted>")
+            .field("istio_token_expires_at", istio_token_expires_at)
+            .field("revision", revision)
+            .field("cluster_id", cluster_id)
+            .field("istio_namespace", istio_namespace)
+            .field("trust_domain", trust_domain)
+            .field("instance_ip", instance_ip)
+            .field("istiod_gateway", istiod_gateway)
+            .field("agent_labels", agent_labels)
+            .field("workload_entry_name", workload_entry_name)
+            .field("sidecar", sidecar)
+            .field("interception_mode", interception_mode)
+            .field("dns_capture", dns_capture)
+            .finish()
+    }
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -320,6 +364,18 @@ mod tests {
             .find(|f| f.path == "/var/lib/istio/envoy/cluster.env")
             .unwrap()
             .content
+    }
+
+    #[test]
+    fn the_istio_token_never_shows_in_debug() {
+        let wg = snapshot();
+        let mut input = BootstrapInput::new(&wg);
+        input.istio_token = "eyJ.secret-part.sig";
+        input.root_cert = "ROOT";
+        let shown = format!("{input:?}");
+        assert!(!shown.contains("secret-part"), "{shown}");
+        assert!(shown.contains("istio_token: \"<redacted>\""), "{shown}");
+        assert!(shown.contains("ROOT"), "the rest stays visible: {shown}");
     }
 
     #[test]

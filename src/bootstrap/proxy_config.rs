@@ -625,9 +625,9 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
     let mut cluster_env_lines: Vec<String> = cluster_env
         .iter()
         .map(|(k, v)| {
-            env_line(k, v).map_err(|message| BootstrapError::Input {
+            env_line(k, v).map_err(|e| BootstrapError::Input {
                 what: format!("cluster.env for WorkloadGroup {}/{}", wg.namespace, wg.name),
-                message,
+                message: e.0,
             })
         })
         .collect::<Result<_, _>>()?;

@@ -55,13 +55,25 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
+/// Why a variable cannot be written to an env file (the name or the value, and why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EnvLineError(pub String);
+
+impl std::ops::Deref for EnvLineError {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One `KEY=<quoted value>` line of an env file, or why there cannot be one.
-pub fn env_line(key: &str, value: &str) -> Result<String, String> {
+pub fn env_line(key: &str, value: &str) -> Result<String, EnvLineError> {
     if let Some(p) = env_name_problem(key) {
-        return Err(p);
+        return Err(EnvLineError(p));
     }
     if let Some(p) = env_value_problem(value) {
-        return Err(format!("{key}: {p}"));
+        return Err(EnvLineError(format!("{key}: {p}")));
     }
     Ok(format!("{key}={}", shell_quote(value)))
 }

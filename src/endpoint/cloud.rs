@@ -20,6 +20,7 @@ use crate::identity::aws::replay::{self, IpCidr, ReplayError, SessionRegistry};
 use crate::identity::azure::{self, AzureTrust};
 use crate::identity::cms;
 use crate::identity::gcp::GcpVerifier;
+use crate::lock::{self, Poisoned};
 
 use super::config::{AuthenticationConfig, Ec2SignatureForm};
 
@@ -263,8 +264,24 @@ pub struct ReplayState {
     nonces: Mutex<HashMap<String, i64>>,
 }
 
-fn poisoned() -> VerifyError {
-    VerifyError::Unavailable("replay state lock poisoned".into())
+/// Why a host's session cannot begin or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum HostSessionError {
+    /// Another session of the host is live (`session_conflict`).
+    #[error(transparent)]
+    Conflict(#[from] ReplayError),
+    /// The registry cannot be trusted (see `crate::lock`): refused, never waved through.
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+}
+
+const SESSIONS: &str = "host session registry";
+const GCP_SEEN: &str = "GCP tokens seen";
+const NONCES: &str = "Azure nonces";
+
+/// A replay check that cannot consult its memory refuses for now (the agent retries).
+fn unavailable(p: Poisoned) -> VerifyError {
+    VerifyError::Unavailable(p.to_string())
 }
 
 impl ReplayState {
@@ -274,7 +291,7 @@ impl ReplayState {
 
     /// A fresh single-use nonce and when it expires (unix seconds).
     pub fn issue_nonce(&self, now: SystemTime) -> Result<(String, i64), VerifyError> {
-        let mut n = self.nonces.lock().map_err(|_| poisoned())?;
+        let mut n = lock::lock(&self.nonces, NONCES).map_err(unavailable)?;
         let t = unix(now);
         if n.len() >= MAX_OUTSTANDING_NONCES {
             n.retain(|_, exp| *exp > t);
@@ -292,7 +309,7 @@ impl ReplayState {
 
     /// Consume a nonce: it must have been issued here, not used, and not expired.
     pub fn take_nonce(&self, nonce: &str, now: SystemTime) -> Result<(), VerifyError> {
-        let mut n = self.nonces.lock().map_err(|_| poisoned())?;
+        let mut n = lock::lock(&self.nonces, NONCES).map_err(unavailable)?;
         match n.remove(nonce) {
             Some(exp) if exp > unix(now) => Ok(()),
             Some(_) => Err(VerifyError::Nonce(
@@ -314,7 +331,7 @@ impl ReplayState {
         exp: i64,
         renewal: bool,
     ) -> Result<(), VerifyError> {
-        let mut seen = self.gcp_seen.lock().map_err(|_| poisoned())?;
+        let mut seen = lock::lock(&self.gcp_seen, GCP_SEEN).map_err(unavailable)?;
         let k = (key.to_string(), iat);
         if seen.contains_key(&k) && !renewal {
             return Err(VerifyError::Reused(format!(
@@ -334,16 +351,14 @@ impl ReplayState {
         jti: &str,
         now: SystemTime,
         ttl: Duration,
-    ) -> Result<(), ReplayError> {
-        let Ok(mut s) = self.sessions.lock() else {
-            return Ok(());
-        };
+    ) -> Result<(), HostSessionError> {
+        let mut s = lock::lock(&self.sessions, SESSIONS)?;
         if let Some(prev) = previous
             && s.live(key, now).is_some_and(|l| l.session_id == prev)
         {
             s.end(key, prev);
         }
-        s.begin(key, jti, now, ttl)
+        Ok(s.begin(key, jti, now, ttl)?)
     }
 
     /// A keep-alive: extend the session, or take the host over when no session is live (the
@@ -354,33 +369,42 @@ impl ReplayState {
         jti: &str,
         now: SystemTime,
         ttl: Duration,
-    ) -> Result<(), ReplayError> {
-        let Ok(mut s) = self.sessions.lock() else {
-            return Ok(());
-        };
+    ) -> Result<(), HostSessionError> {
+        let mut s = lock::lock(&self.sessions, SESSIONS)?;
         if s.refresh(key, jti, now, ttl) {
             return Ok(());
         }
-        s.begin(key, jti, now, ttl)
+        Ok(s.begin(key, jti, now, ttl)?)
     }
 
     pub fn end_session(&self, key: &str, jti: &str) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.end(key, jti);
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.end(key, jti);
+            }
+            // The host's next session is refused as well (`begin_session`).
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
     /// Forget what has expired.
     pub fn sweep(&self, now: SystemTime) {
         let t = unix(now);
-        if let Ok(mut s) = self.sessions.lock() {
-            s.expire(now);
+        // Each part is swept on its own: a poisoned one is logged, and the checks that use
+        // it refuse until the endpoint restarts.
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.expire(now);
+            }
+            Err(e) => tracing::error!("{e}"),
         }
-        if let Ok(mut g) = self.gcp_seen.lock() {
-            g.retain(|_, exp| *exp > t);
+        match lock::lock(&self.gcp_seen, GCP_SEEN) {
+            Ok(mut g) => g.retain(|_, exp| *exp > t),
+            Err(e) => tracing::error!("{e}"),
         }
-        if let Ok(mut n) = self.nonces.lock() {
-            n.retain(|_, exp| *exp > t);
+        match lock::lock(&self.nonces, NONCES) {
+            Ok(mut n) => n.retain(|_, exp| *exp > t),
+            Err(e) => tracing::error!("{e}"),
         }
     }
 }
@@ -409,6 +433,41 @@ mod tests {
             Some("fd00::5".parse().unwrap())
         );
         assert_eq!(last_forwarded("unknown"), None);
+    }
+
+    #[test]
+    fn a_poisoned_replay_state_refuses_instead_of_waving_through() {
+        let r = ReplayState::new();
+        let ttl = Duration::from_secs(45);
+        std::thread::scope(|t| {
+            let _ = t
+                .spawn(|| {
+                    let _s = r.sessions.lock().unwrap();
+                    let _g = r.gcp_seen.lock().unwrap();
+                    let _n = r.nonces.lock().unwrap();
+                    panic!("poisoning the replay state on purpose");
+                })
+                .join();
+        });
+        assert!(matches!(
+            r.begin_session("h", None, "t1", at(0), ttl),
+            Err(HostSessionError::Poisoned(_))
+        ));
+        assert!(matches!(
+            r.keep_session("h", "t1", at(0), ttl),
+            Err(HostSessionError::Poisoned(_))
+        ));
+        assert!(matches!(
+            r.use_gcp_token("h", 1, 2, false),
+            Err(VerifyError::Unavailable(_))
+        ));
+        assert!(matches!(
+            r.issue_nonce(at(0)),
+            Err(VerifyError::Unavailable(_))
+        ));
+        // Ending and sweeping do not panic.
+        r.end_session("h", "t1");
+        r.sweep(at(1));
     }
 
     #[test]
@@ -451,7 +510,9 @@ mod tests {
         r.begin_session("h", None, "t1", at(0), ttl).unwrap();
         assert!(matches!(
             r.begin_session("h", None, "t2", at(1), ttl),
-            Err(ReplayError::SessionConflict { .. })
+            Err(HostSessionError::Conflict(
+                ReplayError::SessionConflict { .. }
+            ))
         ));
         // A stale token does not hand the session over.
         assert!(r.begin_session("h", Some("t0"), "t2", at(1), ttl).is_err());

@@ -3,7 +3,9 @@
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod dev_certs;
 pub mod metrics;
+pub mod plane;
 pub mod render;
 pub mod server;
 pub mod service;

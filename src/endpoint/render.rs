@@ -121,10 +121,10 @@ impl WarnOnce {
             .unwrap_or_default()
             .hash(&mut h);
         let key = h.finish();
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Poisoned (see `crate::lock`): report every time rather than trust the memory.
+        let Ok(mut seen) = crate::lock::lock(&self.seen, "reported Sidecar problems") else {
+            return problems.to_vec();
+        };
         if seen.len() >= WARN_ONCE_CAPACITY {
             seen.clear();
         }

@@ -25,6 +25,7 @@ use super::cloud::{RequestSource, last_forwarded};
 use super::metrics::RouteLabels;
 use super::service::Service;
 use crate::api::protocol::{self, ApiError, ErrorCode};
+use crate::lock;
 use crate::store::Store;
 
 /// The client's address, attached to each request by the accept loop.
@@ -68,7 +69,9 @@ impl Activity {
 
     /// Marks a request in flight until the returned guard is dropped.
     fn begin(self: &Arc<Self>) -> InFlight {
-        if let Ok(mut s) = self.state.lock() {
+        // Poisoned (see `crate::lock`): nothing counted, and `idle_deadline` closes the
+        // connection.
+        if let Ok(mut s) = lock::lock(&self.state, ACTIVITY) {
             s.0 += 1;
         }
         InFlight(self.clone())
@@ -77,7 +80,7 @@ impl Activity {
     /// When the connection becomes idle for `timeout` if nothing happens meanwhile; `None`
     /// while a request is in flight (the request timeout bounds that).
     fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        match self.state.lock() {
+        match lock::lock(&self.state, ACTIVITY) {
             Ok(s) if s.0 == 0 => Some(s.1 + timeout),
             Ok(_) => None,
             // A poisoned lock cannot tell: treat the connection as idle so it is not kept.
@@ -88,9 +91,11 @@ impl Activity {
 
 struct InFlight(Arc<Activity>);
 
+const ACTIVITY: &str = "connection activity";
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.0.state.lock() {
+        if let Ok(mut s) = lock::lock(&self.0.state, ACTIVITY) {
             s.0 = s.0.saturating_sub(1);
             s.1 = Instant::now();
         }

@@ -18,13 +18,13 @@ use crate::api::validation;
 use crate::endpoint::metrics::Metrics;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{VerifyContext, VerifyError};
-use crate::policy::{self, Decision, GroupRef};
-use crate::registration::{self, RegistrationRules, connection, naming, session};
+use crate::lock::{self, Poisoned};
+use crate::registration::{self, RegistrationRules, admission, connection, session};
 use crate::store::{Store, StoreError};
 use crate::timestamp;
 use crate::token::{SessionClaims, SessionTokens, TokenError};
 
-use super::cloud::{self, CloudAuth, ReplayState, RequestSource};
+use super::cloud::{self, CloudAuth, HostSessionError, ReplayState, RequestSource};
 use super::render::Renderer;
 
 /// Settings the service needs at run time (from the config file).
@@ -112,6 +112,27 @@ fn store_err(e: StoreError) -> ApiError {
     api(
         ErrorCode::Unavailable,
         "the endpoint cannot reach its registration store; retry later",
+    )
+}
+
+/// Why a cleanup pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+}
+
+const SESSIONS: &str = "live session table";
+const CREATED: &str = "created-by-token table";
+
+/// A request that finds a lock poisoned (see `crate::lock`) is refused as an internal error.
+fn internal(e: Poisoned) -> ApiError {
+    tracing::error!("{e}");
+    api(
+        ErrorCode::Internal,
+        "internal error; the endpoint needs a restart",
     )
 }
 
@@ -338,99 +359,117 @@ impl<S: Store> Service<S> {
             Ok(v) => v,
             Err(e) => return Err(self.refuse(platform, group_ref, &source, e)),
         };
-        let identity = verified.identity.clone();
-        let short_name = verified.short_name.clone();
+        let identity = &verified.identity;
         let platform = identity.platform();
         let group = self
             .store
             .workload_group(&group_ref.namespace, &group_ref.name);
-        let decision = match &group {
-            Some(g) => {
-                let policies = self.store.policies(&group_ref.namespace);
-                policy::evaluate(
-                    &policies,
-                    GroupRef {
-                        namespace: &g.metadata.namespace,
-                        name: &g.metadata.name,
-                        labels: &g.metadata.labels,
-                    },
-                    &identity,
-                )
-            }
-            None => Decision::Deny {
-                considered: vec![format!("WorkloadGroup {group_ref} does not exist")],
-            },
-        };
-        if let Decision::Deny { .. } = &decision {
-            self.metrics.onboarding("denied", platform);
-            self.metrics
-                .policy_denial(group.as_ref().map(|g| g.metadata.namespace.as_str()));
-            tracing::warn!(
-                group = %group_ref,
-                identity = %identity,
-                "onboarding denied: {decision}"
-            );
-            // What the agent learns stays inside the namespace it asked for.
-            return Err(api(
-                ErrorCode::PolicyDenied,
-                format!(
-                    "not authorized to join WorkloadGroup {group_ref}: it does not exist, or no \
-                     OnboardingPolicy in namespace {} allows this {platform} identity; the \
-                     endpoint's log lists the rules it considered",
-                    group_ref.namespace
-                ),
-            ));
-        }
-        let war_name = naming::war_name(&group_ref.name, &identity, short_name.as_deref());
-        let registration = NamespacedName {
-            namespace: group_ref.namespace.clone(),
-            name: war_name,
-        };
-        // The agent renewing its own session (its current token names this registration).
-        let continuing = bearer
-            .and_then(|b| self.tokens.verify(b, now).ok())
-            .filter(|c| c.registration().as_ref() == Some(&registration))
-            .map(|c| c.jti);
+        let policies = self.store.policies(&group_ref.namespace);
+        let target = admission::target(admission::Onboarding {
+            workload_group: group_ref,
+            identity,
+            jwt_short_name: verified.short_name.as_deref(),
+            group: group.as_ref(),
+            policies: &policies,
+        })
+        .map_err(|r| self.refused(r, platform, group_ref, identity, &source))?;
         let existing = self
             .store
-            .get_war(&registration.namespace, &registration.name)
+            .get_war(&target.registration.namespace, &target.registration.name)
             .await
             .map_err(store_err)?;
-        if let (Some(pending), Some(max)) = (
-            verified.ec2_pending_time,
-            self.cloud.ec2.as_ref().and_then(|e| e.max_age),
-        ) && continuing.is_none()
-            && existing.is_none()
-            && let Err(e) = crate::identity::aws::replay::check_max_age(pending, now, Some(max))
-        {
-            return Err(self.refuse(platform, group_ref, &source, cloud::replay_error(e)));
+        let current = bearer.and_then(|b| self.tokens.verify(b, now).ok());
+        let current_registration = current.as_ref().and_then(SessionClaims::registration);
+        let host_key = cloud::host_key(identity);
+        let plan = admission::admit(
+            &target,
+            admission::Facts {
+                bearer: current.as_ref().map(|c| admission::Bearer {
+                    registration: current_registration.as_ref(),
+                    jti: &c.jti,
+                }),
+                existing: existing.as_ref(),
+                ec2_pending_time: verified.ec2_pending_time,
+                ec2_max_age: self.cloud.ec2.as_ref().and_then(|e| e.max_age),
+                gcp_token: verified.gcp_token,
+                host_key: host_key.as_deref(),
+                one_session_per_host: self.cloud.one_session_per_host,
+                now,
+            },
+        )
+        .map_err(|r| self.refused(r, platform, group_ref, identity, &source))?;
+        let (token, exp) = self.execute(&plan, &verified, group_ref, &source, now)?;
+        let registration = plan.registration;
+        self.metrics.onboarding("allowed", platform);
+        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {}", target.decision);
+        Ok(AuthorizeResponse {
+            token,
+            expires_at: timestamp::format(exp),
+            registration,
+        })
+    }
+
+    /// Logs, counts and answers a refusal decided by `registration::admission`.
+    fn refused(
+        &self,
+        refusal: admission::Refusal,
+        platform: &str,
+        group_ref: &NamespacedName,
+        identity: &WorkloadIdentity,
+        source: &RequestSource,
+    ) -> ApiError {
+        match refusal {
+            admission::Refusal::PolicyDenied {
+                message,
+                reason,
+                namespace,
+            } => {
+                self.metrics.onboarding("denied", platform);
+                self.metrics.policy_denial(namespace.as_deref());
+                tracing::warn!(
+                    group = %group_ref,
+                    identity = %identity,
+                    "onboarding denied: {reason}"
+                );
+                api(ErrorCode::PolicyDenied, message)
+            }
+            admission::Refusal::TooOld(e) => {
+                self.refuse(platform, group_ref, source, cloud::replay_error(e))
+            }
         }
-        let host_key = cloud::host_key(&identity);
-        if let (Some((iat, exp)), Some(key)) = (verified.gcp_token, host_key.as_deref())
-            && let Err(e) = self
-                .replay
-                .use_gcp_token(key, iat, exp, continuing.is_some())
+    }
+
+    /// Carries out an admission plan: GCP single use, the session token, the host's one
+    /// live session. Returns the token and when it expires.
+    fn execute(
+        &self,
+        plan: &admission::Plan,
+        verified: &Verified,
+        group_ref: &NamespacedName,
+        source: &RequestSource,
+        now: SystemTime,
+    ) -> ApiResult<(String, SystemTime)> {
+        let platform = verified.identity.platform();
+        if let Some(u) = &plan.gcp_single_use
+            && let Err(e) = self.replay.use_gcp_token(&u.host, u.iat, u.exp, u.renewal)
         {
-            return Err(self.refuse(platform, group_ref, &source, e));
+            return Err(self.refuse(platform, group_ref, source, e));
         }
         let (token, exp) = self
             .tokens
             .issue(
-                &registration,
-                identity.clone(),
+                &plan.registration,
+                verified.identity.clone(),
                 group_ref.clone(),
-                short_name,
-                // The session continues this WAR, and ends if it is deleted or replaced.
-                existing.and_then(|w| w.metadata.uid),
+                verified.short_name.clone(),
+                plan.registration_uid.clone(),
                 now,
             )
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot sign session token");
                 api(ErrorCode::Internal, "cannot issue a session token")
             })?;
-        if self.cloud.one_session_per_host
-            && let Some(key) = &host_key
-        {
+        if let Some(hs) = &plan.host_session {
             let jti = self
                 .tokens
                 .verify(&token, now)
@@ -439,19 +478,23 @@ impl<S: Store> Service<S> {
                     tracing::error!(error = %e, "cannot read back a session token just issued");
                     api(ErrorCode::Internal, "cannot issue a session token")
                 })?;
-            if let Err(e) = self.replay.begin_session(
-                key,
-                continuing.as_deref(),
+            let begun = self.replay.begin_session(
+                &hs.host,
+                hs.previous.as_deref(),
                 &jti,
                 now,
                 self.settings.keep_alive_timeout,
-            ) {
+            );
+            if let Err(HostSessionError::Poisoned(e)) = begun {
+                return Err(internal(e));
+            }
+            if let Err(e) = begun {
                 self.metrics.onboarding("session_conflict", platform);
                 tracing::warn!(
-                    host = %key,
+                    host = %hs.host,
                     peer = ?source.peer,
                     group = %group_ref,
-                    registration = %registration,
+                    registration = %plan.registration,
                     "second concurrent session refused: {e}"
                 );
                 return Err(api(
@@ -462,13 +505,7 @@ impl<S: Store> Service<S> {
                 ));
             }
         }
-        self.metrics.onboarding("allowed", platform);
-        tracing::info!(group = %group_ref, registration = %registration, identity = %identity, "authorized: {decision}");
-        Ok(AuthorizeResponse {
-            token,
-            expires_at: timestamp::format(exp),
-            registration,
-        })
+        Ok((token, exp))
     }
 
     fn session(&self, bearer: Option<&str>) -> ApiResult<(SessionClaims, NamespacedName)> {
@@ -510,11 +547,9 @@ impl<S: Store> Service<S> {
         let wg = &claims.workload_group;
         let group = self.store.workload_group(&wg.namespace, &wg.name);
         let policies = self.store.policies(&wg.namespace);
-        let created_before = self
-            .created
-            .lock()
-            .map(|c| c.contains_key(&claims.jti))
-            .unwrap_or(false);
+        let created_before = lock::lock(&self.created, CREATED)
+            .map_err(internal)?
+            .contains_key(&claims.jti);
         let verdict = session::check(
             call,
             session::Session {
@@ -627,8 +662,14 @@ impl<S: Store> Service<S> {
             .put_registration(&war, &entry)
             .await
             .map_err(store_err)?;
-        if !reused && let Ok(mut c) = self.created.lock() {
-            c.insert(claims.jti.clone(), SystemTime::now());
+        if !reused {
+            match lock::lock(&self.created, CREATED) {
+                Ok(mut c) => {
+                    c.insert(claims.jti.clone(), SystemTime::now());
+                }
+                // Every later session check refuses (`admit`), so the token cannot create again.
+                Err(e) => tracing::error!("{e}"),
+            }
         }
         self.touch(&reg_name);
         self.metrics.registrations.inc();
@@ -689,6 +730,9 @@ impl<S: Store> Service<S> {
                 self.settings.keep_alive_timeout,
             )
         {
+            if let HostSessionError::Poisoned(p) = e {
+                return Err(internal(p));
+            }
             tracing::warn!(host = %key, registration = %reg, "keep-alive of a session that is no longer this host's live one: {e}");
             return Err(api(ErrorCode::SessionConflict, e.to_string()));
         }
@@ -740,44 +784,50 @@ impl<S: Store> Service<S> {
     }
 
     fn touch(&self, reg: &NamespacedName) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(reg.clone(), Instant::now());
-            self.metrics.connected_agents.set(s.len() as i64);
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.insert(reg.clone(), Instant::now());
+                self.metrics.connected_agents.set(s.len() as i64);
+            }
+            // The cleanup loop refuses to run on it (`sweep`), so no WAR is swept for it.
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
     fn forget(&self, reg: &NamespacedName) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.remove(reg);
-            self.metrics.connected_agents.set(s.len() as i64);
+        match lock::lock(&self.sessions, SESSIONS) {
+            Ok(mut s) => {
+                s.remove(reg);
+                self.metrics.connected_agents.set(s.len() as i64);
+            }
+            Err(e) => tracing::error!("{e}"),
         }
     }
 
     /// One pass of the cleanup loop: agents silent for longer than the keep-alive timeout
     /// are marked disconnected; WARs disconnected for longer than the grace period are
     /// deleted with their WorkloadEntry. Returns (disconnected, deleted).
-    pub async fn sweep(&self) -> Result<(usize, usize), StoreError> {
+    /// Without a trustworthy session table (a poisoned lock) the pass does nothing: it
+    /// could not tell live agents from silent ones.
+    pub async fn sweep(&self) -> Result<(usize, usize), SweepError> {
         let timeout = self.settings.keep_alive_timeout;
         self.replay.sweep(SystemTime::now());
-        if let Ok(mut c) = self.created.lock() {
-            c.retain(|_, at| at.elapsed().is_ok_and(|age| age <= session::CREATE_WINDOW));
-        }
-        let stale: Vec<NamespacedName> = match self.sessions.lock() {
-            Ok(s) => s
+        lock::lock(&self.created, CREATED)?
+            .retain(|_, at| at.elapsed().is_ok_and(|age| age <= session::CREATE_WINDOW));
+        let (stale, live) = {
+            let mut s = lock::lock(&self.sessions, SESSIONS)?;
+            let stale: Vec<NamespacedName> = s
                 .iter()
                 .filter(|(_, seen)| seen.elapsed() >= timeout)
                 .map(|(k, _)| k.clone())
-                .collect(),
-            Err(_) => Vec::new(),
+                .collect();
+            for reg in &stale {
+                s.remove(reg);
+            }
+            self.metrics.connected_agents.set(s.len() as i64);
+            let live: std::collections::HashSet<NamespacedName> = s.keys().cloned().collect();
+            (stale, live)
         };
-        for reg in &stale {
-            self.forget(reg);
-        }
-        let live: std::collections::HashSet<NamespacedName> = self
-            .sessions
-            .lock()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default();
         // After a restart nothing is in `sessions`: give agents one timeout to come back
         // before calling them disconnected.
         let restart_settled = self.started.elapsed() >= timeout;

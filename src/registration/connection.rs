@@ -121,6 +121,19 @@ pub enum SweepAction {
     Delete,
 }
 
+/// How often the cleanup loop runs: often enough that a silent agent is marked
+/// disconnected within about a third of the keep-alive timeout past it, and a registration
+/// is deleted within a quarter of the grace period past it; never more often than every
+/// 200 ms (tests run with timeouts of a second) nor less often than every 10 s.
+pub fn sweep_interval(keep_alive_timeout: Duration, grace: Duration) -> Duration {
+    (keep_alive_timeout / 3)
+        .min(grace / 4)
+        .clamp(SWEEP_INTERVAL_MIN, SWEEP_INTERVAL_MAX)
+}
+
+pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(200);
+pub const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(10);
+
 /// Decides one WAR's fate in a cleanup pass. WARs connected through another instance are
 /// left to it (only the instance an agent talks to knows whether it is still there).
 pub fn sweep_action(war: &WorkloadAutoRegistration, v: SweepView<'_>) -> SweepAction {

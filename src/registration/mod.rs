@@ -1,6 +1,7 @@
 //! Registrations: the WorkloadAutoRegistration (WAR) for an onboarded workload and the Istio
 //! WorkloadEntry derived from it. Pure functions over data; the store persists the results.
 
+pub mod admission;
 pub mod connection;
 pub mod naming;
 pub mod session;

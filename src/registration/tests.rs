@@ -403,3 +403,22 @@ fn sweep_decisions() {
         SweepAction::Keep
     );
 }
+
+#[test]
+fn sweep_interval_follows_the_shorter_deadline_within_bounds() {
+    let s = Duration::from_secs;
+    // The defaults: keep-alive timeout 45 s, grace 5 min: the 10 s ceiling.
+    assert_eq!(sweep_interval(s(45), s(300)), s(10));
+    // A third of the keep-alive timeout when that is the shorter.
+    assert_eq!(sweep_interval(s(15), s(300)), s(5));
+    // A quarter of the grace period when that is the shorter.
+    assert_eq!(sweep_interval(s(90), s(8)), s(2));
+    // Never busier than every 200 ms, whatever the settings.
+    assert_eq!(
+        sweep_interval(Duration::from_millis(300), s(0)),
+        Duration::from_millis(200)
+    );
+    assert_eq!(sweep_interval(s(0), s(0)), SWEEP_INTERVAL_MIN);
+    // Very long settings still sweep every 10 s.
+    assert_eq!(sweep_interval(s(3600), s(86_400)), SWEEP_INTERVAL_MAX);
+}

@@ -18,6 +18,7 @@ use crate::api::policy::OnboardingPolicy;
 use crate::api::registration::WorkloadAutoRegistration;
 use crate::api::validation;
 use crate::atomic;
+use crate::lock;
 
 const WAR_DIR: &str = "workloadautoregistrations";
 const WE_DIR: &str = "workloadentries";
@@ -48,6 +49,8 @@ pub struct FileStoreConfig {
     /// Bounds on each manifest file (size, documents).
     pub manifest_limits: ManifestLimits,
 }
+
+const INPUTS: &str = "config directory index";
 
 struct Inputs {
     /// Last good parse of each file.
@@ -146,11 +149,13 @@ impl FileStore {
         let mut paths = Vec::new();
         let mut listing = Vec::new();
         collect_manifest_paths(&self.cfg.config_dir, &mut paths, &mut listing);
-        let (previous, previously_seen, loaded) = self
-            .inputs
-            .read()
-            .map(|i| (i.files.clone(), i.seen.clone(), i.loaded))
-            .unwrap_or_default();
+        let (previous, previously_seen, loaded) = match lock::read(&self.inputs, INPUTS) {
+            Ok(i) => (i.files.clone(), i.seen.clone(), i.loaded),
+            Err(e) => {
+                tracing::error!("{e}");
+                return Reloaded::default();
+            }
+        };
         let mut changed = !loaded;
         let mut files = BTreeMap::new();
         let mut seen = BTreeMap::new();
@@ -233,13 +238,19 @@ impl FileStore {
         }
         let (index, dups) = Index::build(&files, &self.cfg.istio_namespace);
         problems.extend(dups);
-        if let Ok(mut inputs) = self.inputs.write() {
-            *inputs = Inputs {
-                files,
-                seen,
-                index,
-                loaded: true,
-            };
+        match lock::write(&self.inputs, INPUTS) {
+            Ok(mut inputs) => {
+                *inputs = Inputs {
+                    files,
+                    seen,
+                    index,
+                    loaded: true,
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return Reloaded::default();
+            }
         }
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Reloaded {
@@ -248,8 +259,10 @@ impl FileStore {
         }
     }
 
+    /// `None` when the inputs cannot be trusted (see `crate::lock`): the reads answer as if
+    /// there were none, so requests are denied rather than judged on a half-made index.
     fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> Option<T> {
-        self.inputs.read().ok().map(|i| f(&i.index))
+        lock::read(&self.inputs, INPUTS).ok().map(|i| f(&i.index))
     }
 
     fn war_path(&self, ns: &str, name: &str) -> Result<PathBuf, StoreError> {
@@ -543,7 +556,7 @@ impl Store for FileStore {
     }
 
     fn is_ready(&self) -> bool {
-        self.inputs.read().map(|i| i.loaded).unwrap_or(false)
+        lock::read(&self.inputs, INPUTS).is_ok_and(|i| i.loaded)
     }
 
     async fn get_war(
@@ -760,6 +773,32 @@ mod tests {
         })
         .unwrap()
         .0
+    }
+
+    #[test]
+    fn a_poisoned_index_answers_nothing_rather_than_a_half_made_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        std::fs::write(
+            dir.path().join("config/wg.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: a, namespace: n}\nspec: {template: {}}\n",
+        )
+        .unwrap();
+        s.reload();
+        assert!(s.workload_group("n", "a").is_some());
+        assert!(s.is_ready());
+        std::thread::scope(|t| {
+            let _ = t
+                .spawn(|| {
+                    let _w = s.inputs.write().unwrap();
+                    panic!("poisoning the index on purpose");
+                })
+                .join();
+        });
+        assert!(s.workload_group("n", "a").is_none());
+        assert!(!s.is_ready(), "readiness reports the broken index");
+        // A reload neither panics nor installs anything.
+        assert!(!s.refresh().changed);
     }
 
     #[test]

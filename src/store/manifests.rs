@@ -477,7 +477,10 @@ impl Index {
 
     /// `mesh` key of ConfigMap `istio[-<rev>]` in the Istio namespace. Returns the parse
     /// error instead of silently using defaults.
-    pub fn mesh_config(&self, revision: Option<&str>) -> Result<serde_json::Value, String> {
+    pub fn mesh_config(
+        &self,
+        revision: Option<&str>,
+    ) -> Result<serde_json::Value, yaml::YamlError> {
         let name = match revision {
             Some(r) if !r.is_empty() && r != "default" => format!("istio-{r}"),
             _ => "istio".to_string(),
@@ -498,7 +501,6 @@ impl Index {
             )),
             mesh,
         )
-        .map_err(|e| e.to_string())
     }
 
     /// ConfigMap `istio-ca-root-cert` in `ns` (what istiod publishes to every namespace),

@@ -38,11 +38,21 @@ pub enum StoreError {
     },
 }
 
-/// A token for the sidecar to present to istiod (audience `istio-ca`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A token for the sidecar to present to istiod (audience `istio-ca`). A bearer credential:
+/// its `Debug` shows when it expires, never the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct IstioToken {
     pub token: String,
     pub expires_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for IstioToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IstioToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -99,4 +109,23 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         service_account: &str,
     ) -> impl Future<Output = Result<IstioToken, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_istio_token_never_shows_in_debug() {
+        let t = IstioToken {
+            token: "eyJhbGciOiJSUzI1NiJ9.secret-part.sig".into(),
+            expires_at: Some(SystemTime::UNIX_EPOCH),
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret-part"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("expires_at"), "{shown}");
+        let shown = format!("{t:#?}");
+        assert!(!shown.contains("eyJ"), "{shown}");
+    }
 }
