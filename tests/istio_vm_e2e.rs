@@ -1,0 +1,332 @@
+//! A VM admitted by the real Istio control plane: istiod (built from the istio.io/istio
+//! module) on the real kube-apiserver; the real endpoint (store: kube) onboards the real
+//! agent; the agent writes the sidecar's files under a root prefix; the real pilot-agent
+//! starts from exactly those files the way the istio-sidecar package starts it
+//! (istio-start.sh sources cluster.env, `PROV_CERT`/`OUTPUT_CERTS`, no iptables), with
+//! `DISABLE_ENVOY=true`. The only host-side file the test adds is sidecar.env (the
+//! package's place for host settings). istiod listens on 127.0.0.1:15012, and pilot-agent
+//! runs in a mount namespace whose /etc/hosts is the one the agent wrote, so the rendered
+//! `CA_ADDR`, `discoveryAddress` and istiod hosts line are what connect it.
+//! docs/testing-kubernetes.md, "The VM end to end".
+
+#[path = "support/agent.rs"]
+mod agent_support;
+#[path = "support/endpoint.rs"]
+mod endpoint;
+#[path = "support/istio.rs"]
+mod istio;
+#[path = "support/kube.rs"]
+mod kube;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_support::Agent;
+use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, repo};
+use istio::{Istiod, MESH, free_port, istio_bin_dir};
+use kube::{KubeHarness, die_with_parent};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, oid::AssociatedOid};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
+
+const WAR: &str = "ratings-jwt-corp-vm-0001";
+const SA: &str = "ratings-vm";
+const ENDPOINT_NS: &str = "onboarding";
+/// The port every rendered file names for istiod (CA and xDS).
+const ISTIOD_PORT: u16 = 15012;
+
+fn workload_group(probe_port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: ratings
+  namespace: {NS}
+  labels: {{app: ratings}}
+spec:
+  metadata:
+    labels: {{app: ratings}}
+  template:
+    labels: {{app: ratings, class: vm}}
+    serviceAccount: {SA}
+    ports: {{http: 8080}}
+  probe:
+    periodSeconds: 1
+    tcpSocket: {{port: {probe_port}}}
+"#
+    )
+}
+
+const SERVICE_ENTRY: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings-vm, namespace: bookinfo}
+spec:
+  hosts: [ratings-vm.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {name: http, number: 8080, protocol: HTTP}
+  workloadSelector:
+    labels: {app: ratings}
+"#;
+
+fn crds_output() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+        .arg("crds")
+        .output()
+        .expect("run onboarding-endpoint crds");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 CRDs")
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
+fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: harness
+  cluster: {{server: {server}, certificate-authority: {ca}}}
+users:
+- name: {sa}
+  user: {{token: {token}}}
+contexts:
+- name: {sa}
+  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
+current-context: {sa}
+",
+            server = h.ready.server,
+            ca = h.ready.ca_file.display(),
+            token = token.trim()
+        ),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+fn uri_sans(cert: &Certificate) -> Vec<String> {
+    let mut out = Vec::new();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id == SubjectAltName::OID {
+            let san = SubjectAltName::from_der(ext.extn_value.as_bytes()).expect("SAN");
+            for name in san.0 {
+                if let GeneralName::UniformResourceIdentifier(uri) = name {
+                    out.push(uri.as_str().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// istio-start.sh and the pilot-agent it starts, killed together (on drop too).
+struct AgentGroup(std::process::Child);
+
+impl AgentGroup {
+    fn stop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks whether any member of the group is left.
+        while unsafe { libc::kill(-pgid, 0) } == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "pilot-agent outlived its group kill"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentGroup {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: as in stop().
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts istio-start.sh in `root` (the VM's `/`), in a mount namespace whose /etc/hosts is
+/// the agent's `root/etc/hosts`: pilot-agent resolves istiod's name through the hosts line
+/// the endpoint rendered.
+fn start_sidecar(root: &Path, istio_bin: &Path, log: &Path) -> AgentGroup {
+    std::fs::write(
+        root.join("var/lib/istio/envoy/sidecar.env"),
+        format!(
+            "DISABLE_ENVOY=true\nISTIO_BIN_BASE='{}'\nEXEC_USER=vm-test\nPOD_NAME=vm-1\n",
+            istio_bin.display()
+        ),
+    )
+    .expect("write sidecar.env");
+    let logf = std::fs::File::create(log).expect("log");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1/etc/hosts\" /etc/hosts && exec bash \"$2\"")
+        .arg("sh")
+        .arg(root)
+        .arg(istio_bin.join("istio-start.sh"))
+        .current_dir(root)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", root)
+        .env("USER", "vm-test")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("log fd"))
+        .stderr(logf);
+    die_with_parent(&mut cmd);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    AgentGroup(cmd.spawn().expect("start istio-start.sh"))
+}
+
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut diag: impl FnMut() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {timeout:?}\n{}", diag());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
+    let started = Instant::now();
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let Some(istio_bin) = istio_bin_dir() else {
+        return;
+    };
+    for ns in [NS, ENDPOINT_NS] {
+        h.kubectl(&["create", "namespace", ns]);
+    }
+    h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
+    let istiod = Istiod::start_on(&h, &istio_bin, MESH, NS, Some(ISTIOD_PORT));
+
+    h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
+    h.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
+    ]);
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe target");
+    let probe_port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    h.kubectl_in(&["apply", "-f", "-"], Some(&workload_group(probe_port)));
+    h.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
+    h.kubectl_in(&["apply", "-f", "-"], Some(SERVICE_ENTRY));
+    let rbac = repo().join("packaging/kubernetes/rbac.yaml");
+    h.kubectl(&["apply", "-f", rbac.to_str().expect("UTF-8")]);
+
+    let kubeconfig = service_account_kubeconfig(&h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
+    let mut ep = Endpoint::start_in(
+        Options::default(),
+        Extra::default(),
+        StoreChoice {
+            store: Some(format!(
+                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
+                kubeconfig.display()
+            )),
+            instance_name: Some("endpoint-a".into()),
+        },
+    );
+    // The VM reaches istiod through "the gateway", here loopback.
+    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    let agent = Agent::builder(&ep).start();
+    agent.wait_phase("connected", Duration::from_secs(60));
+
+    let root = agent.root_file("");
+    let cluster_env =
+        std::fs::read_to_string(root.join("var/lib/istio/envoy/cluster.env")).expect("cluster.env");
+    let hosts = std::fs::read_to_string(root.join("etc/hosts")).expect("hosts");
+    // The mesh root the endpoint rendered, read before pilot-agent's OUTPUT_CERTS (the
+    // same directory) writes its own copy.
+    let rendered_root =
+        std::fs::read_to_string(root.join("etc/certs/root-cert.pem")).expect("root-cert.pem");
+    let published_root = h.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "istio-ca-root-cert",
+        "-o",
+        "jsonpath={.data.root-cert\\.pem}",
+    ]);
+    assert_eq!(rendered_root.trim(), published_root.trim());
+    assert!(
+        cluster_env.contains(&format!("\nISTIO_META_WORKLOAD_ENTRY='{WAR}'\n")),
+        "{cluster_env}"
+    );
+    assert!(
+        hosts.contains("127.0.0.1 istiod.istio-system.svc"),
+        "{hosts}"
+    );
+
+    let log = agent.path("pilot-agent.log");
+    let mut sidecar = start_sidecar(&root, &istio_bin, &log);
+    let diag = || {
+        format!(
+            "--- pilot-agent:\n{}\n--- istiod:\n{}",
+            std::fs::read_to_string(agent.path("pilot-agent.log")).unwrap_or_default(),
+            istiod.log_tail(40)
+        )
+    };
+    let chain = wait_until(
+        "pilot-agent writes cert-chain.pem",
+        Duration::from_secs(90),
+        diag,
+        || {
+            std::fs::read(root.join("etc/certs/cert-chain.pem"))
+                .ok()
+                .filter(|p| !p.is_empty())
+        },
+    );
+    let certs = Certificate::load_pem_chain(&chain).expect("PEM chain");
+    assert_eq!(
+        uri_sans(&certs[0]),
+        vec![format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")]
+    );
+    let root_ca = Certificate::load_pem_chain(rendered_root.as_bytes()).expect("root PEM");
+    assert_eq!(
+        certs[0].tbs_certificate.issuer,
+        root_ca[0].tbs_certificate.subject,
+        "issued by the mesh root the endpoint rendered"
+    );
+
+    // pilot-agent's gRPC xDS bootstrap holds the node metadata it sends istiod: what
+    // cluster.env's ISTIO_META_* became.
+    let bootstrap = wait_until(
+        "pilot-agent writes its gRPC xDS bootstrap",
+        Duration::from_secs(30),
+        diag,
+        || std::fs::read_to_string(root.join("etc/istio/proxy/grpc-bootstrap.json")).ok(),
+    );
+    eprintln!("grpc bootstrap: {bootstrap}");
+    eprintln!("connections: {:?}", istiod.get(istiod.http_port, "/debug/connections"));
+    eprintln!("took {:?}", started.elapsed());
+    sidecar.stop();
+}
