@@ -312,21 +312,189 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     );
     let root_ca = Certificate::load_pem_chain(rendered_root.as_bytes()).expect("root PEM");
     assert_eq!(
-        certs[0].tbs_certificate.issuer,
-        root_ca[0].tbs_certificate.subject,
+        certs[0].tbs_certificate.issuer, root_ca[0].tbs_certificate.subject,
         "issued by the mesh root the endpoint rendered"
     );
 
     // pilot-agent's gRPC xDS bootstrap holds the node metadata it sends istiod: what
-    // cluster.env's ISTIO_META_* became.
-    let bootstrap = wait_until(
+    // cluster.env's ISTIO_META_* became (only those reach the node).
+    let bootstrap_path = root.join("etc/istio/proxy/grpc-bootstrap.json");
+    let bootstrap: serde_json::Value = wait_until(
         "pilot-agent writes its gRPC xDS bootstrap",
         Duration::from_secs(30),
         diag,
-        || std::fs::read_to_string(root.join("etc/istio/proxy/grpc-bootstrap.json")).ok(),
+        || {
+            std::fs::read(&bootstrap_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        },
     );
-    eprintln!("grpc bootstrap: {bootstrap}");
-    eprintln!("connections: {:?}", istiod.get(istiod.http_port, "/debug/connections"));
+    let node = &bootstrap["node"];
+    assert_eq!(node["metadata"]["WORKLOAD_ENTRY"], WAR, "{node}");
+    assert_eq!(node["metadata"]["NAMESPACE"], NS, "{node}");
+    assert_eq!(node["metadata"]["SERVICE_ACCOUNT"], SA, "{node}");
+    assert!(
+        node["metadata"].get("AUTO_REGISTER_GROUP").is_none(),
+        "{node}"
+    );
+
+    // An xDS stream through pilot-agent's local proxy, as the sidecar's Envoy would open it.
+    let socket = root.join("etc/istio/proxy/XDS");
+    wait_until(
+        "pilot-agent's XDS socket",
+        Duration::from_secs(30),
+        diag,
+        || socket.exists().then_some(()),
+    );
+    let client = istio::build_xds_client(agent.path("").as_path());
+    let mut xds = Command::new(&client)
+        .arg(&bootstrap_path)
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start xds-client");
+    let xds_out = xds.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(xds_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no xDS answer through pilot-agent in 60s\n{}", diag()));
+    assert!(
+        first.starts_with("response type=type.googleapis.com/envoy.config.listener.v3.Listener"),
+        "{first}\n{}",
+        diag()
+    );
+    // istiod names a connection `<proxy id>-<n>`, the proxy id being the node id's
+    // `<POD_NAME>.<POD_NAMESPACE>` part.
+    let proxy_id = node["id"]
+        .as_str()
+        .and_then(|id| id.split('~').nth(2))
+        .expect("node id sidecar~ip~id~domain")
+        .to_string();
+    let client = wait_until(
+        "istiod lists the VM's proxy as connected",
+        Duration::from_secs(30),
+        || {
+            format!(
+                "{:?}\n{}",
+                istiod.get(istiod.http_port, "/debug/connections"),
+                diag()
+            )
+        },
+        || {
+            let (_, body) = istiod.get(istiod.http_port, "/debug/connections")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let found = v["clients"].as_array()?.iter().find(|c| {
+                c["connectionId"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&format!("{proxy_id}-")))
+            });
+            found.cloned()
+        },
+    );
+    // The connection came through pilot-agent (istiod's /debug/connections lists no
+    // metadata; that the node carried WORKLOAD_ENTRY shows below, in istiod taking the entry).
+    assert!(
+        client["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{client}"
+    );
+
+    // istiod took the entry the endpoint registered as this proxy's (ISTIO_META_WORKLOAD_ENTRY)
+    // and, once the probe target answers, marks it healthy.
+    let we = || h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
+    wait_until(
+        "istiod becomes the WorkloadEntry's controller",
+        Duration::from_secs(30),
+        || format!("{}\n{}", we(), diag()),
+        || {
+            we()["metadata"]["annotations"]["istio.io/workloadController"]
+                .as_str()
+                .map(|_| ())
+        },
+    );
+    // Nothing listens on the probe port yet: pilot-agent reports the probe failing, and an
+    // entry with health checks that is not Healthy=True is no endpoint at all
+    // (serviceentry/controller.go drops it).
+    let shard_has_vm = || {
+        istiod
+            .get(istiod.http_port, "/debug/endpointShardz")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .map(|v| {
+                v["ratings-vm.bookinfo.svc.cluster.local"][NS]["Shards"]
+                    .to_string()
+                    .contains("127.0.0.1")
+            })
+    };
+    wait_until(
+        "the WorkloadEntry reports Healthy=False while the probe fails",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || {
+            we()["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Healthy" && c["status"] == "False")
+                })
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        shard_has_vm(),
+        Some(false),
+        "an unhealthy VM is no endpoint"
+    );
+    let probe_target = std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port");
+    let healthy = |we: &serde_json::Value| {
+        we["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Healthy" && c["status"] == "True")
+        })
+    };
+    wait_until(
+        "the WorkloadEntry turns Healthy=True",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || healthy(&we()).then_some(()),
+    );
+    let entries = h.kubectl_json(&["-n", NS, "get", "workloadentry"], None);
+    let names: Vec<&str> = entries["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, [WAR], "exactly the endpoint's WorkloadEntry");
+
+    // The entry's address is a healthy endpoint of the ServiceEntry that selects it.
+    let shard = wait_until(
+        "the VM is an endpoint of ratings-vm.bookinfo.svc.cluster.local",
+        Duration::from_secs(30),
+        diag,
+        || {
+            let (_, body) = istiod.get(istiod.http_port, "/debug/endpointShardz")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let shards = v["ratings-vm.bookinfo.svc.cluster.local"][NS]["Shards"].clone();
+            shards.to_string().contains("127.0.0.1").then_some(shards)
+        },
+    );
+    eprintln!("endpoint shard: {shard}");
+    drop(probe_target);
+    drop(xds.stdin.take());
+    let _ = xds.kill();
+    let _ = xds.wait();
     eprintln!("took {:?}", started.elapsed());
     sidecar.stop();
 }

@@ -257,3 +257,19 @@ impl Drop for Istiod {
         let _ = self.child.wait();
     }
 }
+
+/// Builds tests/istio-harness/xds-client (in the istio-harness module graph, so from the
+/// Go build cache once the Istio binaries are built) into `dir` and returns its path.
+pub fn build_xds_client(dir: &Path) -> PathBuf {
+    let out = dir.join("xds-client");
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio-harness");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./xds-client")
+        .current_dir(&harness)
+        .status()
+        .expect("run go build for xds-client");
+    assert!(status.success(), "go build ./xds-client failed");
+    out
+}
