@@ -18,14 +18,13 @@ mod istio;
 #[path = "support/kube.rs"]
 mod kube;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::Agent;
 use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, repo};
-use istio::{Istiod, MESH, free_port, istio_bin_dir};
+use istio::{Istiod, istio_bin_dir};
 use kube::{KubeHarness, die_with_parent};
 use x509_cert::Certificate;
 use x509_cert::der::{Decode, oid::AssociatedOid};
@@ -37,6 +36,17 @@ const SA: &str = "ratings-vm";
 const ENDPOINT_NS: &str = "onboarding";
 /// The port every rendered file names for istiod (CA and xDS).
 const ISTIOD_PORT: u16 = 15012;
+
+/// The mesh config istiod and the endpoint read. A mesh-wide `ISTIO_META_AUTO_REGISTER_GROUP`
+/// (left from a setup that used istiod's auto-registration) must not reach the VM: istiod
+/// would register a second entry for it and ignore the endpoint's.
+const MESH: &str = "trustDomain: cluster.local
+rootNamespace: istio-system
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+  proxyMetadata:
+    ISTIO_META_AUTO_REGISTER_GROUP: ratings
+";
 
 fn workload_group(probe_port: u16) -> String {
     format!(
