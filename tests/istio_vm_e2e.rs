@@ -554,3 +554,200 @@ fn the_vmgateway_routing_is_accepted_and_read_by_istiod() {
         },
     );
 }
+
+/// The same WorkloadGroup rendered by the real `istioctl x workload entry configure`
+/// against the API server and by `onboarding-endpoint render` from what that server holds
+/// (ConfigMap `istio`, `istio-ca-root-cert`, istioctl's own token): every file equal,
+/// except for the documented differences (docs/bootstrap.md). REDIRECT mode, so the only
+/// one these groups reach is fix 2 (`CA_ADDR` always written); fix 7 (port order) is
+/// avoided by giving each group at most one port.
+#[test]
+fn render_matches_live_istioctl_except_documented_differences() {
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let Some(istio_bin) = istio_bin_dir() else {
+        return;
+    };
+    h.kubectl(&["create", "namespace", NS]);
+    h.kubectl(&["create", "namespace", "istio-system"]);
+    // No controller-manager: even the default ServiceAccount is made by hand.
+    for sa in ["default", SA, "reviews"] {
+        h.kubectl(&["-n", NS, "create", "serviceaccount", sa]);
+    }
+    let mesh = "trustDomain: cluster.local\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n  proxyMetadata:\n    FOO: bar\n  statusPort: 15021\n";
+    let ca = endpoint::test_ca();
+    let cms = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "istio", "namespace": "istio-system"}, "data": {"mesh": mesh}},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "istio-ca-root-cert", "namespace": NS},
+         "data": {"root-cert.pem": ca.ca_pem}},
+    ]});
+    h.kubectl_in(&["apply", "-f", "-"], Some(&cms.to_string()));
+    let work = tempfile::tempdir().expect("temp dir");
+    let mesh_file = work.path().join("mesh-cm.yaml");
+    std::fs::write(
+        &mesh_file,
+        h.kubectl(&["-n", "istio-system", "get", "cm", "istio", "-o", "yaml"]),
+    )
+    .expect("write mesh");
+
+    struct Case {
+        name: &'static str,
+        group: String,
+        internal_ip: &'static str,
+        ingress_ip: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "plain-ipv4",
+            group: format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: ratings, namespace: {NS}}}\nspec:\n  template:\n    serviceAccount: {SA}\n"
+            ),
+            internal_ip: "10.0.0.5",
+            ingress_ip: "10.0.0.1",
+        },
+        Case {
+            name: "labels-port-network-probe",
+            group: format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  metadata:\n    labels: {{app: reviews, version: v2}}\n    annotations: {{proxy.istio.io/config: '{{\"proxyMetadata\": {{\"BAR\": \"baz\"}}}}'}}\n  template:\n    labels: {{class: vm}}\n    serviceAccount: reviews\n    network: vm-net\n    ports: {{http: 9080}}\n  probe:\n    initialDelaySeconds: 2\n    httpGet: {{path: /ready, port: 9080}}\n"
+            ),
+            internal_ip: "192.168.7.9",
+            ingress_ip: "172.16.0.1",
+        },
+        Case {
+            name: "default-sa-ipv6",
+            group: format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: details, namespace: {NS}}}\nspec:\n  metadata:\n    labels: {{app.kubernetes.io/name: details}}\n  template:\n    ports: {{grpc: 7070}}\n"
+            ),
+            internal_ip: "fd00:10:96::5",
+            ingress_ip: "fd00:10:96::1",
+        },
+    ];
+    for case in &cases {
+        let dir = work.path().join(case.name);
+        let (ictl, ours) = (dir.join("istioctl"), dir.join("ours"));
+        std::fs::create_dir_all(&ictl).expect("mkdir");
+        let wg = dir.join("workloadgroup.yaml");
+        std::fs::write(&wg, &case.group).expect("write group");
+        let out = Command::new(istio_bin.join("istioctl"))
+            .args([
+                "x",
+                "workload",
+                "entry",
+                "configure",
+                "--clusterID",
+                "Kubernetes",
+            ])
+            .arg("--kubeconfig")
+            .arg(h.kubeconfig())
+            .arg("-f")
+            .arg(&wg)
+            .arg("-o")
+            .arg(&ictl)
+            .args([
+                "--internalIP",
+                case.internal_ip,
+                "--ingressIP",
+                case.ingress_ip,
+            ])
+            .output()
+            .expect("run istioctl");
+        assert!(
+            out.status.success(),
+            "{}: istioctl: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+            .args([
+                "render",
+                "--interception-mode",
+                "redirect",
+                "--cluster-id",
+                "Kubernetes",
+            ])
+            .arg("-f")
+            .arg(&wg)
+            .arg("-o")
+            .arg(&ours)
+            .arg("--mesh-config")
+            .arg(&mesh_file)
+            .arg("--root-cert")
+            .arg(ictl.join("root-cert.pem"))
+            .arg("--token")
+            .arg(ictl.join("istio-token"))
+            .args([
+                "--internal-ip",
+                case.internal_ip,
+                "--ingress-ip",
+                case.ingress_ip,
+            ])
+            .output()
+            .expect("run render");
+        assert!(
+            out.status.success(),
+            "{}: render: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |d: &Path, f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", case.name, d.join(f).display()))
+        };
+        let names = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .expect("read dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&ictl), names(&ours), "{}", case.name);
+        // Not vacuous: istioctl wrote what the group and the server say.
+        let hosts = read(&ictl, "hosts");
+        assert!(
+            hosts.contains(&format!("{} istiod.istio-system.svc", case.ingress_ip)),
+            "{}: {hosts}",
+            case.name
+        );
+        assert!(
+            read(&ictl, "mesh.yaml").contains("FOO: bar"),
+            "{}",
+            case.name
+        );
+        assert_eq!(read(&ictl, "root-cert.pem"), ca.ca_pem, "{}", case.name);
+        assert!(
+            read(&ictl, "cluster.env").contains(&format!("ISTIO_SVC_IP='{}'", case.internal_ip)),
+            "{}",
+            case.name
+        );
+        for f in ["mesh.yaml", "hosts", "root-cert.pem", "istio-token"] {
+            assert_eq!(read(&ictl, f), read(&ours, f), "{}: {f}", case.name);
+        }
+        // cluster.env: istioctl's lines plus fix 2 (CA_ADDR, written only when revisioned
+        // by istioctl).
+        let theirs = read(&ictl, "cluster.env");
+        assert!(!theirs.contains("\nCA_ADDR="), "{theirs}");
+        let mut expected: Vec<&str> = theirs.lines().collect();
+        expected.push("CA_ADDR='istiod.istio-system.svc:15012'");
+        expected.sort();
+        let mine = read(&ours, "cluster.env");
+        assert_eq!(
+            mine.lines().collect::<Vec<_>>(),
+            expected,
+            "{}:\n--- istioctl\n{theirs}\n--- ours\n{mine}",
+            case.name
+        );
+        // istioctl's token is a TokenRequest token for the group's ServiceAccount.
+        let token = read(&ictl, "istio-token");
+        let payload = token.split('.').nth(1).expect("JWT");
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .expect("base64"),
+        )
+        .expect("claims");
+        assert_eq!(claims["aud"], serde_json::json!(["istio-ca"]), "{claims}");
+    }
+}
