@@ -223,6 +223,16 @@ fn wait_until<T>(
 #[test]
 fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     let started = Instant::now();
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // The mount namespace that gives pilot-agent the agent's /etc/hosts needs root.
+        assert!(
+            std::env::var("CI").is_err(),
+            "istio_vm_e2e needs root (unshare --mount) and CI is set"
+        );
+        eprintln!("SKIPPED a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod: needs root");
+        return;
+    }
     let Some(h) = KubeHarness::start() else {
         return;
     };
