@@ -366,8 +366,8 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
         diag,
         || socket.exists().then_some(()),
     );
-    let client = istio::build_xds_client(agent.path("").as_path());
-    let mut xds = Command::new(&client)
+    let xds_client = istio::build_xds_client(agent.path("").as_path());
+    let mut xds = Command::new(&xds_client)
         .arg(&bootstrap_path)
         .arg(&socket)
         .stdin(Stdio::piped())
@@ -511,12 +511,84 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
         },
     );
     eprintln!("endpoint shard: {shard}");
+    drop(xds.stdin.take());
+    let _ = xds.kill();
+    let _ = xds.wait();
+    sidecar.stop();
+
+    // `kubectl delete war`: the agent onboards again (a new WAR and WorkloadEntry), and the
+    // sidecar, restarted from the files as they are now, gets a certificate again and
+    // istiod takes the new entry.
+    let first_uid = we()["metadata"]["uid"].clone();
+    h.kubectl(&["-n", NS, "delete", "war", WAR]);
+    wait_until(
+        "a new WorkloadEntry after re-onboarding",
+        Duration::from_secs(60),
+        || format!("{}\n{}", agent.log(), diag()),
+        || {
+            let out =
+                h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR, "-o", "json"], None);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (out.status.success() && v["metadata"]["uid"] != first_uid).then_some(())
+        },
+    );
+    for f in ["etc/certs/cert-chain.pem", "etc/certs/key.pem"] {
+        std::fs::remove_file(root.join(f)).expect("remove the old certificate");
+    }
+    let mut sidecar = start_sidecar(&root, &istio_bin, &agent.path("pilot-agent-2.log"));
+    let chain = wait_until(
+        "pilot-agent gets a certificate again after re-onboarding",
+        Duration::from_secs(90),
+        || {
+            format!(
+                "{}\n{}",
+                std::fs::read_to_string(agent.path("pilot-agent-2.log")).unwrap_or_default(),
+                istiod.log_tail(40)
+            )
+        },
+        || {
+            std::fs::read(root.join("etc/certs/cert-chain.pem"))
+                .ok()
+                .filter(|p| !p.is_empty())
+        },
+    );
+    let certs = Certificate::load_pem_chain(&chain).expect("PEM chain");
+    assert_eq!(
+        uri_sans(&certs[0]),
+        vec![format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")]
+    );
+    wait_until(
+        "pilot-agent's XDS socket again",
+        Duration::from_secs(30),
+        diag,
+        || socket.exists().then_some(()),
+    );
+    let mut xds = Command::new(&xds_client)
+        .arg(&bootstrap_path)
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start xds-client");
+    wait_until(
+        "the re-registered WorkloadEntry turns Healthy=True",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || {
+            let w = we();
+            (w["metadata"]["uid"] != first_uid
+                && w["metadata"]["annotations"]["istio.io/workloadController"].is_string()
+                && healthy(&w))
+            .then_some(())
+        },
+    );
     drop(probe_target);
     drop(xds.stdin.take());
     let _ = xds.kill();
     let _ = xds.wait();
-    eprintln!("took {:?}", started.elapsed());
     sidecar.stop();
+    eprintln!("took {:?}", started.elapsed());
 }
 
 /// packaging/kubernetes/vmgateway/ (the Gateway and VirtualServices that expose the
