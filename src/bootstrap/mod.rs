@@ -379,6 +379,49 @@ mod tests {
     }
 
     #[test]
+    fn a_registered_entry_drops_auto_register_group_from_the_mesh_and_annotations() {
+        let mut wg = snapshot();
+        if let Some(m) = wg.spec.metadata.as_mut() {
+            m.annotations.insert(
+                "proxy.istio.io/config".into(),
+                "proxyMetadata: {ISTIO_META_AUTO_REGISTER_GROUP: from-annotation}".into(),
+            );
+        }
+        let mesh = serde_json::json!({
+            "defaultConfig": {"proxyMetadata": {"ISTIO_META_AUTO_REGISTER_GROUP": "ratings"}}
+        });
+        let mut input = BootstrapInput::new(&wg);
+        input.mesh_config = &mesh;
+        // Offline (no registered entry) the key is kept, as istioctl keeps it.
+        let offline = compute(&input).unwrap();
+        assert!(
+            offline
+                .cluster_env_text
+                .contains("\nISTIO_META_AUTO_REGISTER_GROUP='from-annotation'\n"),
+            "{}",
+            offline.cluster_env_text
+        );
+        input.workload_entry_name = Some("ratings-jwt-corp-vm-0001");
+        let c = compute(&input).unwrap();
+        assert!(
+            !c.cluster_env_text.contains("AUTO_REGISTER_GROUP"),
+            "{}",
+            c.cluster_env_text
+        );
+        assert!(
+            !c.mesh_yaml.contains("AUTO_REGISTER_GROUP"),
+            "{}",
+            c.mesh_yaml
+        );
+        assert!(
+            c.cluster_env_text
+                .contains("\nISTIO_META_WORKLOAD_ENTRY='ratings-jwt-corp-vm-0001'\n"),
+            "{}",
+            c.cluster_env_text
+        );
+    }
+
+    #[test]
     fn renders_files_with_paths_and_modes() {
         let wg = snapshot();
         let mut input = BootstrapInput::new(&wg);

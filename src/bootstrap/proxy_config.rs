@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 
 use super::goyaml;
 use super::sinks::{env_line, env_name_problem, env_value_problem, is_dns_label};
+
+/// The proxyMetadata key that makes istiod auto-register a WorkloadEntry on connect.
+const AUTO_REGISTER_GROUP: &str = "ISTIO_META_AUTO_REGISTER_GROUP";
+
 pub use super::sinks::{is_dns_name, shell_quote};
 use super::{BootstrapError, BootstrapInput, Gateway, InstanceIp, InterceptionMode};
 use crate::api::istio::{ReadinessProbe, Sidecar};
@@ -555,6 +559,11 @@ pub fn compute(input: &BootstrapInput<'_>) -> Result<Computed, BootstrapError> {
     if let Some(we) = input.workload_entry_name.filter(|s| !s.is_empty()) {
         // Lets istiod find the WorkloadEntry we registered and take health reports for it.
         md.insert("ISTIO_META_WORKLOAD_ENTRY".into(), we.to_string());
+        // FIX: never ask istiod to auto-register an entry we registered ourselves. istiod's
+        // OnConnect (pilot/pkg/autoregistration/controller.go) tries AUTO_REGISTER_GROUP
+        // before WORKLOAD_ENTRY, so one coming from the mesh config or an annotation would
+        // make it create a second entry `<group>-<ip>` and ignore ours (and its health).
+        md.remove(AUTO_REGISTER_GROUP);
     }
     default_config.insert(
         "proxyMetadata".into(),

@@ -50,6 +50,19 @@ impl Istiod {
     /// for its `/ready` and for ConfigMap `istio-ca-root-cert` in `wait_ns` (which must
     /// exist).
     pub fn start(kube: &KubeHarness, bin_dir: &Path, mesh: &str, wait_ns: &str) -> Istiod {
+        Istiod::start_on(kube, bin_dir, mesh, wait_ns, None)
+    }
+
+    /// As [`Istiod::start`], with the secure gRPC (CA and xDS) listener on 127.0.0.1 at
+    /// `secure_grpc` when given: a VM's rendered files name istiod's port 15012, so a test
+    /// that runs pilot-agent from them unchanged needs istiod there.
+    pub fn start_on(
+        kube: &KubeHarness,
+        bin_dir: &Path,
+        mesh: &str,
+        wait_ns: &str,
+        secure_grpc: Option<u16>,
+    ) -> Istiod {
         let crds = bin_dir.join("crd-all.gen.yaml");
         let crds = crds.to_str().expect("UTF-8 path");
         // The bundle is ~1 MB: client-side apply would overflow the last-applied annotation.
@@ -100,10 +113,16 @@ impl Istiod {
         let (http, grpc, sgrpc, mon, hook) = (
             free_port(),
             free_port(),
-            free_port(),
+            secure_grpc.unwrap_or_else(free_port),
             free_port(),
             free_port(),
         );
+        if let Some(port) = secure_grpc {
+            assert!(
+                TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                "127.0.0.1:{port} is taken: another istiod (or test) is using it"
+            );
+        }
         let log = dir.path().join("istiod.log");
         let logf = std::fs::File::create(&log).expect("istiod log");
         let addr = |p: u16| format!("127.0.0.1:{p}");
@@ -237,4 +256,20 @@ impl Drop for Istiod {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Builds tests/istio-harness/xds-client (in the istio-harness module graph, so from the
+/// Go build cache once the Istio binaries are built) into `dir` and returns its path.
+pub fn build_xds_client(dir: &Path) -> PathBuf {
+    let out = dir.join("xds-client");
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio-harness");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./xds-client")
+        .current_dir(&harness)
+        .status()
+        .expect("run go build for xds-client");
+    assert!(status.success(), "go build ./xds-client failed");
+    out
 }
