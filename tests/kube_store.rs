@@ -644,12 +644,16 @@ fn grace_period_cleanup_through_the_kube_store_even_when_the_replica_died_too() 
     });
 
     // The replica and its agent die together: only endpoint-b is left to judge.
-    let (_token, _) = onboard(&a, "vm-0002");
+    // (An agent of API calls: its keep-alives stop when the replica dies, as a real agent's
+    // would reach no one.)
+    let (token, _) = onboard(&a, "vm-0002");
     let other = "ratings-jwt-corp-vm-0002";
-    assert_eq!(
-        war_json(&h, other).as_ref().and_then(connected),
-        Some(("True".into(), "endpoint-a".into()))
-    );
+    wait_for("vm-0002 connected through endpoint-a", Duration::from_secs(30), || {
+        keep_alive(&[(token.clone(), 0)], &[&a]);
+        war_json(&h, other).as_ref().and_then(connected)
+            == Some(("True".into(), "endpoint-a".into()))
+    });
+    keep_alive(&[(token, 0)], &[&a]);
     a.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while column(other).as_deref() != Some("False") {
