@@ -499,7 +499,11 @@ fn fifty_onboardings_through_two_replicas_give_fifty_wars_and_no_duplicate() {
     let uids = check_registrations(&h, n);
     for i in 0..n {
         let war = war_json(&h, &war_name(i)).unwrap();
-        let expected = if i % 2 == 0 { "endpoint-a" } else { "endpoint-b" };
+        let expected = if i % 2 == 0 {
+            "endpoint-a"
+        } else {
+            "endpoint-b"
+        };
         assert_eq!(
             connected(&war),
             Some(("True".into(), expected.into())),
@@ -580,14 +584,22 @@ fn killed_replica_hands_its_agents_over_and_restarts_lose_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(check_registrations(&h, n), uids, "nothing lost or duplicated");
+    assert_eq!(
+        check_registrations(&h, n),
+        uids,
+        "nothing lost or duplicated"
+    );
     // Past a keep-alive timeout of b's own, still all connected through b.
     for _ in 0..8 {
         keep_alive(&moved, &[&a, &b]);
         std::thread::sleep(Duration::from_millis(500));
     }
     for w in wars(&h) {
-        assert_eq!(connected(&w), Some(("True".into(), "endpoint-b".into())), "{w}");
+        assert_eq!(
+            connected(&w),
+            Some(("True".into(), "endpoint-b".into())),
+            "{w}"
+        );
     }
 
     // Both replicas restarted: the registrations are all still there, the same objects,
@@ -598,9 +610,12 @@ fn killed_replica_hands_its_agents_over_and_restarts_lose_nothing() {
         keep_alive(&tokens, &[&a, &b]);
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(check_registrations(&h, n), uids, "nothing lost after both restarted");
-    for (i, w) in (0..n).zip(wars(&h)) {
-        let _ = i;
+    assert_eq!(
+        check_registrations(&h, n),
+        uids,
+        "nothing lost after both restarted"
+    );
+    for w in wars(&h) {
         assert_eq!(connected(&w).map(|c| c.0), Some("True".into()), "{w}");
     }
 }
@@ -635,24 +650,32 @@ fn grace_period_cleanup_through_the_kube_store_even_when_the_replica_died_too() 
     wait_for("AGENT CONNECTED False", Duration::from_secs(30), || {
         column(WAR).as_deref() == Some("False")
     });
-    wait_for("the WAR and its WorkloadEntry gone", Duration::from_secs(60), || {
-        war_json(&h, WAR).is_none()
-            && !h
-                .kubectl_output(&["-n", NS, "get", "workloadentry", WAR], None)
-                .status
-                .success()
-    });
+    wait_for(
+        "the WAR and its WorkloadEntry gone",
+        Duration::from_secs(60),
+        || {
+            war_json(&h, WAR).is_none()
+                && !h
+                    .kubectl_output(&["-n", NS, "get", "workloadentry", WAR], None)
+                    .status
+                    .success()
+        },
+    );
 
     // The replica and its agent die together: only endpoint-b is left to judge.
     // (An agent of API calls: its keep-alives stop when the replica dies, as a real agent's
     // would reach no one.)
     let (token, _) = onboard(&a, "vm-0002");
     let other = "ratings-jwt-corp-vm-0002";
-    wait_for("vm-0002 connected through endpoint-a", Duration::from_secs(30), || {
-        keep_alive(&[(token.clone(), 0)], &[&a]);
-        war_json(&h, other).as_ref().and_then(connected)
-            == Some(("True".into(), "endpoint-a".into()))
-    });
+    wait_for(
+        "vm-0002 connected through endpoint-a",
+        Duration::from_secs(30),
+        || {
+            keep_alive(&[(token.clone(), 0)], &[&a]);
+            war_json(&h, other).as_ref().and_then(connected)
+                == Some(("True".into(), "endpoint-a".into()))
+        },
+    );
     keep_alive(&[(token, 0)], &[&a]);
     a.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -163,7 +163,11 @@ pub fn sweep_action(war: &WorkloadAutoRegistration, v: SweepView<'_>) -> SweepAc
 /// plus one more duration for a missed renewal and clock skew between replicas (the
 /// renewal time is the holder's clock, `now` the reader's). A Lease without a renewal
 /// time or duration vouches for nothing.
-pub fn lease_alive(renewed: Option<SystemTime>, duration: Option<Duration>, now: SystemTime) -> bool {
+pub fn lease_alive(
+    renewed: Option<SystemTime>,
+    duration: Option<Duration>,
+    now: SystemTime,
+) -> bool {
     match (renewed, duration) {
         (Some(r), Some(d)) => now.duration_since(r).map_or(true, |age| age < d * 2),
         _ => false,

@@ -379,11 +379,23 @@ fn sweep_decisions() {
     let alive: std::collections::HashSet<String> = ["ep-1".into(), "ep-2".into()].into();
     let only_me: std::collections::HashSet<String> = ["ep-2".into()].into();
     assert_eq!(
-        sweep_action(&w, SweepView { live_instances: Some(&alive), ..other }),
+        sweep_action(
+            &w,
+            SweepView {
+                live_instances: Some(&alive),
+                ..other
+            }
+        ),
         SweepAction::Keep
     );
     assert_eq!(
-        sweep_action(&w, SweepView { live_instances: Some(&only_me), ..other }),
+        sweep_action(
+            &w,
+            SweepView {
+                live_instances: Some(&only_me),
+                ..other
+            }
+        ),
         SweepAction::MarkDisconnected
     );
     // Not before this replica has itself run a keep-alive timeout (just started, its view
@@ -391,7 +403,11 @@ fn sweep_decisions() {
     assert_eq!(
         sweep_action(
             &w,
-            SweepView { live_instances: Some(&only_me), restart_settled: false, ..other }
+            SweepView {
+                live_instances: Some(&only_me),
+                restart_settled: false,
+                ..other
+            }
         ),
         SweepAction::Keep
     );
