@@ -6,6 +6,8 @@
 
 #[path = "support/agent.rs"]
 mod agent_support;
+#[path = "support/crd_schema.rs"]
+mod crd_schema;
 #[path = "support/endpoint.rs"]
 mod endpoint;
 #[path = "support/kube.rs"]
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use agent_support::{Agent, wait_for};
 use endpoint::{
-    Endpoint, Extra, MESH, NS, Options, POLICY, StoreChoice, WORKLOAD_GROUP, read, repo,
+    Endpoint, Extra, MESH, NS, Options, POLICY, StoreChoice, WORKLOAD_GROUP, onboard, read, repo,
 };
 use kube::KubeHarness;
 
@@ -371,4 +373,337 @@ fn packaged_manifests_apply_to_the_real_api_server() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
         "the pod name is the instance"
     );
+}
+
+/// All WARs in the workload namespace, as the API server has them.
+fn wars(h: &KubeHarness) -> Vec<serde_json::Value> {
+    let list = h.kubectl_json(&["-n", NS, "get", "war", "-o", "json"], None);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn entries(h: &KubeHarness) -> Vec<serde_json::Value> {
+    let list = h.kubectl_json(&["-n", NS, "get", "workloadentry", "-o", "json"], None);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn connected(war: &serde_json::Value) -> Option<(String, String)> {
+    let cond = war["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "AgentConnected")?;
+    Some((
+        cond["status"].as_str()?.to_string(),
+        war["status"]["activeAgentConnection"]["connectedTo"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    ))
+}
+
+/// Every WAR has exactly one WorkloadEntry, owned by it (same name, the WAR's uid), each
+/// identity has one WAR, and every entry validates against Istio's WorkloadEntry CRD schema
+/// (testdata/schemas/istio). Returns the WARs' uids by name.
+fn check_registrations(h: &KubeHarness, n: usize) -> std::collections::BTreeMap<String, String> {
+    let wars = wars(h);
+    let entries = entries(h);
+    assert_eq!(wars.len(), n, "WARs: {wars:#?}");
+    assert_eq!(entries.len(), n, "WorkloadEntries: {entries:#?}");
+    let subjects: std::collections::BTreeSet<String> = wars
+        .iter()
+        .map(|w| w["spec"]["identity"]["jwt"]["subject"].to_string())
+        .collect();
+    assert_eq!(subjects.len(), n, "one WAR per identity");
+    let uids: std::collections::BTreeMap<String, String> = wars
+        .iter()
+        .map(|w| {
+            (
+                w["metadata"]["name"].as_str().unwrap().to_string(),
+                w["metadata"]["uid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for we in &entries {
+        let name = we["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            we["metadata"]["ownerReferences"][0]["uid"].as_str(),
+            uids.get(name).map(String::as_str),
+            "{we}"
+        );
+        let errors = crd_schema::validate_workload_entry(we);
+        assert!(errors.is_empty(), "WorkloadEntry {name}: {errors:?}\n{we}");
+    }
+    uids
+}
+
+/// An OnboardingPolicy that lets the fleet of these tests (vm-0000 .. vm-0099) onboard.
+fn allow_fleet(h: &KubeHarness) {
+    let subjects: Vec<String> = (0..100).map(subject).collect();
+    h.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: authorization.onboarding.tetrate.io/v1alpha1
+kind: OnboardingPolicy
+metadata: {{name: allow-fleet, namespace: {NS}}}
+spec:
+  allow:
+  - workloads:
+    - jwt:
+        issuer: {issuer}
+        subjects: [{subjects}]
+    onboardTo:
+    - workloadGroupSelector: {{matchLabels: {{app: ratings}}}}
+",
+            issuer = endpoint::ISSUER,
+            subjects = subjects.join(", ")
+        )),
+    );
+}
+
+fn subject(i: usize) -> String {
+    format!("vm-{i:04}")
+}
+
+fn war_name(i: usize) -> String {
+    format!("ratings-jwt-corp-{}", subject(i))
+}
+
+/// Two replicas (kube store, one API server, instances endpoint-a and endpoint-b) serve one
+/// fleet: 50 onboardings at once, alternating between the replicas, and one identity
+/// onboarding through both at the same moment. The 50 "agents" are threads making the
+/// agent's calls (authorize + register) through the real HTTPS API with the test helpers of
+/// support/endpoint.rs: 50 agent processes, each with its own root and sidecar stand-in,
+/// are too heavy for the 2-core machines the suite runs on; the real agent against the kube
+/// store is exercised by the other tests here.
+#[test]
+fn fifty_onboardings_through_two_replicas_give_fifty_wars_and_no_duplicate() {
+    let Some(h) = cluster() else { return };
+    allow_fleet(&h);
+    let a = kube_endpoint(&h, Options::default(), "endpoint-a");
+    let b = kube_endpoint(&h, Options::default(), "endpoint-b");
+    assert_eq!(a.plane_uid, b.plane_uid, "the replicas share the plane");
+
+    let n = 50;
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let ep = if i % 2 == 0 { &a } else { &b };
+            s.spawn(move || onboard(ep, &subject(i)));
+        }
+    });
+    let elapsed = started.elapsed();
+    eprintln!(
+        "kube store: {n} concurrent onboardings through 2 replicas in {:.2}s = {:.1} onboardings/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let uids = check_registrations(&h, n);
+    for i in 0..n {
+        let war = war_json(&h, &war_name(i)).unwrap();
+        let expected = if i % 2 == 0 {
+            "endpoint-a"
+        } else {
+            "endpoint-b"
+        };
+        assert_eq!(
+            connected(&war),
+            Some(("True".into(), expected.into())),
+            "{war}"
+        );
+    }
+
+    // One identity through both replicas at once: both calls succeed, one WAR.
+    let race = 99;
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| onboard(&a, &subject(race)));
+        let tb = s.spawn(|| onboard(&b, &subject(race)));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(ra.1.is_object() && rb.1.is_object());
+    let after = check_registrations(&h, n + 1);
+    for (name, uid) in &uids {
+        assert_eq!(after.get(name), Some(uid), "{name} kept its WAR");
+    }
+    assert!(after.contains_key(&war_name(race)));
+}
+
+/// Keep-alives (the agent's POST /v1/keepalive with its session token) for `tokens`, each
+/// through the replica it names; panics on any answer but 200.
+fn keep_alive(tokens: &[(String, usize)], eps: &[&Endpoint]) {
+    for (token, ep) in tokens {
+        let (s, body) = eps[*ep].call("POST", "/v1/keepalive", Some(token), None);
+        assert_eq!(s, 200, "keep-alive through replica {ep}: {body}");
+    }
+}
+
+/// One replica killed (SIGKILL) while its agents keep alive: they move to the other
+/// replica, which takes their WARs over (`connectedTo` changes), with nothing lost or
+/// duplicated; then both replicas restart and again nothing is lost. Agents are threads of
+/// API calls as above: an agent names one endpoint address, and moving it is what a
+/// Service in front of the replicas does, which this test has no stand-in for.
+#[test]
+fn killed_replica_hands_its_agents_over_and_restarts_lose_nothing() {
+    let Some(h) = cluster() else { return };
+    allow_fleet(&h);
+    let opts = || Options {
+        keep_alive_interval: "1s",
+        keep_alive_timeout: "3s",
+        grace: "5m",
+        ..Options::default()
+    };
+    let mut a = kube_endpoint(&h, opts(), "endpoint-a");
+    let mut b = kube_endpoint(&h, opts(), "endpoint-b");
+    let n = 20;
+    let tokens: Vec<(String, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let ep = if i % 2 == 0 { &a } else { &b };
+                s.spawn(move || (onboard(ep, &subject(i)).0, i % 2))
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let uids = check_registrations(&h, n);
+
+    // Replica a dies under load; b keeps answering its own agents throughout.
+    keep_alive(&tokens, &[&a, &b]);
+    a.kill();
+    let moved: Vec<(String, usize)> = tokens.iter().map(|(t, _)| (t.clone(), 1)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        keep_alive(&moved, &[&a, &b]);
+        let all_b = wars(&h)
+            .iter()
+            .all(|w| connected(w) == Some(("True".into(), "endpoint-b".into())));
+        if all_b {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WARs not taken over by endpoint-b: {:#?}",
+            wars(&h)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        check_registrations(&h, n),
+        uids,
+        "nothing lost or duplicated"
+    );
+    // Past a keep-alive timeout of b's own, still all connected through b.
+    for _ in 0..8 {
+        keep_alive(&moved, &[&a, &b]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for w in wars(&h) {
+        assert_eq!(
+            connected(&w),
+            Some(("True".into(), "endpoint-b".into())),
+            "{w}"
+        );
+    }
+
+    // Both replicas restarted: the registrations are all still there, the same objects,
+    // and the agents carry on through either replica with their session tokens.
+    a.restart();
+    b.restart();
+    for _ in 0..8 {
+        keep_alive(&tokens, &[&a, &b]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        check_registrations(&h, n),
+        uids,
+        "nothing lost after both restarted"
+    );
+    for w in wars(&h) {
+        assert_eq!(connected(&w).map(|c| c.0), Some("True".into()), "{w}");
+    }
+}
+
+/// Grace-period cleanup through the kube store with the real agent: killed (SIGKILL, no
+/// unregister), its WAR shows AGENT CONNECTED False, then the WAR and its WorkloadEntry go
+/// after the grace period. Then a replica dies together with its agent: the other replica
+/// (whose Lease shows it alive while the dead one's lapses) does the same for that WAR.
+#[test]
+fn grace_period_cleanup_through_the_kube_store_even_when_the_replica_died_too() {
+    let Some(h) = cluster() else { return };
+    let opts = || Options {
+        keep_alive_interval: "1s",
+        keep_alive_timeout: "3s",
+        grace: "6s",
+        ..Options::default()
+    };
+    let mut a = kube_endpoint(&h, opts(), "endpoint-a");
+    let b = kube_endpoint(&h, opts(), "endpoint-b");
+    let column = |name: &str| {
+        let out = h.kubectl_output(&["-n", NS, "get", "war", name, "--no-headers"], None);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_string)
+    };
+
+    let mut agent = Agent::builder(&a).subject("vm-0001").start();
+    agent.wait_phase("connected", Duration::from_secs(60));
+    assert_eq!(column(WAR).as_deref(), Some("True"));
+    agent.kill9();
+    wait_for("AGENT CONNECTED False", Duration::from_secs(30), || {
+        column(WAR).as_deref() == Some("False")
+    });
+    wait_for(
+        "the WAR and its WorkloadEntry gone",
+        Duration::from_secs(60),
+        || {
+            war_json(&h, WAR).is_none()
+                && !h
+                    .kubectl_output(&["-n", NS, "get", "workloadentry", WAR], None)
+                    .status
+                    .success()
+        },
+    );
+
+    // The replica and its agent die together: only endpoint-b is left to judge.
+    // (An agent of API calls: its keep-alives stop when the replica dies, as a real agent's
+    // would reach no one.)
+    let (token, _) = onboard(&a, "vm-0002");
+    let other = "ratings-jwt-corp-vm-0002";
+    wait_for(
+        "vm-0002 connected through endpoint-a",
+        Duration::from_secs(30),
+        || {
+            keep_alive(&[(token.clone(), 0)], &[&a]);
+            war_json(&h, other).as_ref().and_then(connected)
+                == Some(("True".into(), "endpoint-a".into()))
+        },
+    );
+    keep_alive(&[(token, 0)], &[&a]);
+    a.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while column(other).as_deref() != Some("False") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "endpoint-b did not mark the dead replica's agent disconnected; leases:\n{}\nendpoint-b:\n{}",
+            h.kubectl(&["-n", ENDPOINT_NS, "get", "lease", "-o", "yaml"]),
+            b.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for(
+        "endpoint-b deletes it after the grace period",
+        Duration::from_secs(60),
+        || {
+            war_json(&h, other).is_none()
+                && !h
+                    .kubectl_output(&["-n", NS, "get", "workloadentry", other], None)
+                    .status
+                    .success()
+        },
+    );
+    let leases = h.kubectl(&["-n", ENDPOINT_NS, "get", "lease", "-o", "name"]);
+    assert!(
+        leases.contains("onboarding-endpoint-endpoint-a")
+            && leases.contains("onboarding-endpoint-endpoint-b"),
+        "{leases}"
+    );
+    drop(b);
 }

@@ -833,6 +833,16 @@ impl<S: Store> Service<S> {
         let restart_settled = self.started.elapsed() >= timeout;
         let now_str = timestamp::now();
         let now = SystemTime::now();
+        // Several replicas: which are alive (each renews a Lease here). Unknown on error: then
+        // WARs of other instances are left alone this pass, as with one host.
+        let live_instances = self
+            .store
+            .live_instances(&self.settings.instance, timeout)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot tell which endpoint instances are alive");
+                None
+            });
         let (mut disconnected, mut deleted) = (0, 0);
         for mut war in self.store.list_wars(None).await? {
             let key = NamespacedName {
@@ -846,6 +856,7 @@ impl<S: Store> Service<S> {
                 restart_settled,
                 now,
                 grace: self.settings.grace_period,
+                live_instances: live_instances.as_ref(),
             };
             match connection::sweep_action(&war, view) {
                 connection::SweepAction::Keep => {}

@@ -1,6 +1,7 @@
 //! The `AgentConnected` condition of a WAR: connected, disconnected, and when a
 //! disconnected registration has outlived its grace period.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::api::registration::{
@@ -110,6 +111,10 @@ pub struct SweepView<'a> {
     pub restart_settled: bool,
     pub now: SystemTime,
     pub grace: Duration,
+    /// The endpoint instances known to be alive (a store shared by several replicas keeps
+    /// one Lease per instance), this one included; `None` when the store cannot tell (one
+    /// host, the file store): then WARs connected through another instance are left to it.
+    pub live_instances: Option<&'a HashSet<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,20 +139,29 @@ pub fn sweep_interval(keep_alive_timeout: Duration, grace: Duration) -> Duration
 pub const SWEEP_INTERVAL_MIN: Duration = Duration::from_millis(200);
 pub const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(10);
 
-/// Decides one WAR's fate in a cleanup pass. WARs connected through another instance are
-/// left to it (only the instance an agent talks to knows whether it is still there).
+/// Decides one WAR's fate in a cleanup pass. WARs connected through another live instance
+/// are left to it (only the instance an agent talks to knows whether it is still there);
+/// those connected through an instance that is gone (killed with its agents, or its agents
+/// not yet moved) are judged by whichever replica sweeps first. Every replica may run this:
+/// marking disconnected is a server-side apply of the same fields, and a delete of a WAR
+/// that another replica deleted first is a no-op.
 pub fn sweep_action(war: &WorkloadAutoRegistration, v: SweepView<'_>) -> SweepAction {
     if v.has_live_session {
         return SweepAction::Keep;
     }
-    let mine = war
+    let connected_to = war
         .status
         .active_agent_connection
         .as_ref()
-        .is_some_and(|c| c.connected_to == v.instance);
-    if mine
-        && war.agent_connected() == ConditionStatus::True
-        && (v.session_timed_out || v.restart_settled)
+        .map(|c| c.connected_to.as_str());
+    let mine = connected_to == Some(v.instance);
+    let peer_gone = !mine
+        && connected_to
+            .zip(v.live_instances)
+            .is_some_and(|(peer, live)| !live.contains(peer));
+    if war.agent_connected() == ConditionStatus::True
+        && ((mine && (v.session_timed_out || v.restart_settled))
+            || (peer_gone && v.restart_settled))
     {
         return SweepAction::MarkDisconnected;
     }
@@ -155,5 +169,20 @@ pub fn sweep_action(war: &WorkloadAutoRegistration, v: SweepView<'_>) -> SweepAc
         SweepAction::Delete
     } else {
         SweepAction::Keep
+    }
+}
+
+/// Whether an instance's Lease still vouches for it at `now`: renewed within its duration,
+/// plus one more duration for a missed renewal and clock skew between replicas (the
+/// renewal time is the holder's clock, `now` the reader's). A Lease without a renewal
+/// time or duration vouches for nothing.
+pub fn lease_alive(
+    renewed: Option<SystemTime>,
+    duration: Option<Duration>,
+    now: SystemTime,
+) -> bool {
+    match (renewed, duration) {
+        (Some(r), Some(d)) => now.duration_since(r).map_or(true, |age| age < d * 2),
+        _ => false,
     }
 }

@@ -347,6 +347,7 @@ fn sweep_decisions() {
         restart_settled: false,
         now: t0 + Duration::from_secs(10),
         grace,
+        live_instances: None,
     };
     // Just restarted, agent not back yet: wait.
     assert_eq!(sweep_action(&w, view), SweepAction::Keep);
@@ -373,6 +374,43 @@ fn sweep_decisions() {
         ..view
     };
     assert_eq!(sweep_action(&w, other), SweepAction::Keep);
+    // ...while it lives; once its Lease is gone, any replica marks the agent disconnected
+    // (a replica that died with its agents leaves no one else to do it).
+    let alive: std::collections::HashSet<String> = ["ep-1".into(), "ep-2".into()].into();
+    let only_me: std::collections::HashSet<String> = ["ep-2".into()].into();
+    assert_eq!(
+        sweep_action(
+            &w,
+            SweepView {
+                live_instances: Some(&alive),
+                ..other
+            }
+        ),
+        SweepAction::Keep
+    );
+    assert_eq!(
+        sweep_action(
+            &w,
+            SweepView {
+                live_instances: Some(&only_me),
+                ..other
+            }
+        ),
+        SweepAction::MarkDisconnected
+    );
+    // Not before this replica has itself run a keep-alive timeout (just started, its view
+    // of the others' Leases is as fresh as theirs).
+    assert_eq!(
+        sweep_action(
+            &w,
+            SweepView {
+                live_instances: Some(&only_me),
+                restart_settled: false,
+                ..other
+            }
+        ),
+        SweepAction::Keep
+    );
     // Disconnected: deleted only once the grace period is over.
     let t1 = t0 + Duration::from_secs(60);
     mark_disconnected(
@@ -421,4 +459,16 @@ fn sweep_interval_follows_the_shorter_deadline_within_bounds() {
     assert_eq!(sweep_interval(s(0), s(0)), SWEEP_INTERVAL_MIN);
     // Very long settings still sweep every 10 s.
     assert_eq!(sweep_interval(s(3600), s(86_400)), SWEEP_INTERVAL_MAX);
+}
+
+#[test]
+fn lease_liveness() {
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let d = Some(Duration::from_secs(10));
+    assert!(lease_alive(Some(t0), d, t0 + Duration::from_secs(19)));
+    assert!(!lease_alive(Some(t0), d, t0 + Duration::from_secs(20)));
+    // A renewal "in the future" (the holder's clock ahead of ours) is alive.
+    assert!(lease_alive(Some(t0 + Duration::from_secs(5)), d, t0));
+    assert!(!lease_alive(None, d, t0));
+    assert!(!lease_alive(Some(t0), None, t0));
 }

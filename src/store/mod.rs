@@ -103,6 +103,17 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes WorkloadEntries whose owning WAR no longer exists (what Kubernetes' garbage
     /// collector does for owner references). Returns how many went.
     fn collect_orphans(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// Renews `instance`'s claim to be alive for `ttl` and returns the instances whose
+    /// claims still hold (this one included), so that a replica's cleanup can judge WARs
+    /// connected through a replica that died. `None`: the store cannot tell (one host).
+    fn live_instances(
+        &self,
+        _instance: &str,
+        _ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<std::collections::HashSet<String>>, StoreError>> + Send
+    {
+        async { Ok(None) }
+    }
     /// An istio-token for `service_account` in `namespace`.
     fn istio_token(
         &self,

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap as KubeConfigMap, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, Preconditions, PropagationPolicy,
@@ -37,6 +39,8 @@ use crate::registration::LABEL_WORKLOAD_GROUP;
 pub const DEFAULT_FIELD_MANAGER: &str = "onboarding-endpoint";
 pub const DEFAULT_STATE_SECRET: &str = "onboarding-endpoint-state";
 pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
+/// Marks the Leases by which endpoint replicas say they are alive.
+pub const LEASE_LABEL: &str = "onboarding.tetrate.io/endpoint-instance";
 const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 
 /// `store.kube` in the endpoint's configuration.
@@ -99,6 +103,11 @@ impl KubeStoreSettings {
         }
         Ok(())
     }
+}
+
+/// The Lease of one endpoint instance.
+pub fn lease_name(instance: &str) -> String {
+    format!("onboarding-endpoint-{instance}")
 }
 
 fn api_err(what: &str, e: kube::Error) -> StoreError {
@@ -628,6 +637,68 @@ impl Store for KubeStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn live_instances(
+        &self,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<Option<HashSet<String>>, StoreError> {
+        // One Lease per replica in the endpoint's namespace, renewed by each cleanup pass
+        // (which runs several times per keep-alive timeout). A replica killed without
+        // notice stops renewing, and the others take over its WARs (sweep_action).
+        let name = lease_name(instance);
+        if !crate::registration::naming::is_dns1123_subdomain(&name) {
+            return Err(StoreError::Io(format!(
+                "instanceName {instance:?} cannot name a Lease; use a DNS-1123 name (the pod name is one)"
+            )));
+        }
+        let api: Api<Lease> = Api::default_namespaced(self.client.clone());
+        let ns = self.client.default_namespace().to_string();
+        let now = std::time::SystemTime::now();
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(std::collections::BTreeMap::from([(
+                    LEASE_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(instance.to_string()),
+                lease_duration_seconds: Some(ttl.as_secs().max(1) as i32),
+                renew_time: k8s_openapi::jiff::Timestamp::try_from(now)
+                    .ok()
+                    .map(MicroTime),
+                ..Default::default()
+            }),
+        };
+        api.patch(&name, &self.apply_params(), &Patch::Apply(&lease))
+            .await
+            .map_err(|e| api_err(&format!("cannot renew Lease {ns}/{name}"), e))?;
+        let leases = api
+            .list(&ListParams::default().labels(LEASE_LABEL))
+            .await
+            .map_err(|e| api_err(&format!("cannot list Leases in {ns}"), e))?;
+        Ok(Some(
+            leases
+                .items
+                .into_iter()
+                .filter_map(|l| {
+                    let spec = l.spec?;
+                    let renewed = spec.renew_time.map(|t| std::time::SystemTime::from(t.0));
+                    let duration = spec
+                        .lease_duration_seconds
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map(Duration::from_secs);
+                    crate::registration::connection::lease_alive(renewed, duration, now)
+                        .then_some(spec.holder_identity)
+                        .flatten()
+                })
+                .collect(),
+        ))
     }
 
     async fn istio_token(
