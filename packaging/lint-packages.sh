@@ -53,7 +53,9 @@ for unit in packaging/systemd/*.service; do
     # verify wants the ExecStart binaries; the units name /usr/bin/onboarding-*, which a build
     # machine need not have, so check them in a root that has them.
     root=$(mktemp -d)
-    mkdir -p "$root/usr/bin" "$root/etc/systemd/system"
+    mkdir -p "$root/usr/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
+    # The targets and slices the units hang off (sysinit.target, multi-user.target, ...).
+    cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
     for b in onboarding-agent onboarding-endpoint; do
         printf '#!/bin/sh\n' > "$root/usr/bin/$b"
         chmod 755 "$root/usr/bin/$b"
