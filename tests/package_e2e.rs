@@ -256,7 +256,17 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
         assert!(conffiles.lines().any(|l| l == f), "{f} not a conffile: {conffiles}");
     }
     let unit_path = h.sh_ok("systemctl show -p FragmentPath --value onboarding-agent");
-    assert_eq!(unit_path.trim(), "/usr/lib/systemd/system/onboarding-agent.service");
+    // bookworm is merged-/usr: systemd finds the packaged /usr/lib unit through /lib.
+    assert!(
+        ["/usr/lib/systemd/system/onboarding-agent.service", "/lib/systemd/system/onboarding-agent.service"]
+            .contains(&unit_path.trim()),
+        "systemd loads the unit from {unit_path}"
+    );
+    let listed = h.sh_ok("dpkg -L onboarding-agent");
+    assert!(
+        listed.lines().any(|l| l == "/usr/lib/systemd/system/onboarding-agent.service"),
+        "dpkg -L: {listed}"
+    );
     assert_eq!(
         h.ct.read("/usr/lib/systemd/system/onboarding-agent.service").unwrap_or_default(),
         endpoint::read(&endpoint::repo().join("packaging/systemd/onboarding-agent.service")),
