@@ -81,7 +81,10 @@ fn read_bytes(p: &Path) -> Vec<u8> {
 
 fn packages_dir() -> PathBuf {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().map(Path::to_path_buf).unwrap_or(tmp).join("packages")
+    tmp.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(tmp)
+        .join("packages")
 }
 
 /// The package of `kind` in the local repository layout build-packages.sh writes, or a
@@ -103,9 +106,15 @@ fn package_or_skip(test: &str, kind: &str) -> Option<PathBuf> {
 }
 
 fn host(cmd: &mut Command) -> String {
-    let out = nspawn::run_with_timeout(cmd, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.ok(), "{cmd:?}: {}\n{}{}", out.status, out.stdout, out.stderr);
+    let out =
+        nspawn::run_with_timeout(cmd, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.ok(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
     out.stdout
 }
 
@@ -121,10 +130,21 @@ fn upgrade_deb(deb: &Path, work: &Path) -> (PathBuf, String) {
         .unwrap_or_else(|| panic!("no Version in {text}"))
         .to_string();
     let newer = format!("{version}+test1");
-    std::fs::write(&control, text.replace(&format!("Version: {version}\n"), &format!("Version: {newer}\n")))
-        .unwrap_or_else(|e| panic!("{}: {e}", control.display()));
+    std::fs::write(
+        &control,
+        text.replace(
+            &format!("Version: {version}\n"),
+            &format!("Version: {newer}\n"),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", control.display()));
     let out = work.join("onboarding-agent-newer.deb");
-    host(Command::new("dpkg-deb").args(["--root-owner-group", "-b"]).arg(&tree).arg(&out));
+    host(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-b"])
+            .arg(&tree)
+            .arg(&out),
+    );
     (out, newer)
 }
 
@@ -152,20 +172,30 @@ impl Harness {
     fn sh_ok(&self, script: &str) -> String {
         let out = self.sh(script);
         if !out.ok() {
-            panic!("`{script}` failed ({}):\n{}{}{}", out.status, out.stdout, out.stderr, self.diag());
+            panic!(
+                "`{script}` failed ({}):\n{}{}{}",
+                out.status,
+                out.stdout,
+                out.stderr,
+                self.diag()
+            );
         }
         out.stdout
     }
 
     fn exists(&self, path: &str) -> bool {
-        self.sh(&format!("test -e '{path}' || test -L '{path}'")).ok()
+        self.sh(&format!("test -e '{path}' || test -L '{path}'"))
+            .ok()
     }
 
     fn wait(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
         while !cond() {
             if start.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what}{}", self.diag());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}{}",
+                    self.diag()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -215,7 +245,11 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
         read_bytes(&deb.with_extension("deb.sha256")),
         0o644,
     );
-    root.write("/root/onboarding-agent-newer.deb", read_bytes(&newer_deb), 0o644);
+    root.write(
+        "/root/onboarding-agent-newer.deb",
+        read_bytes(&newer_deb),
+        0o644,
+    );
     // The administrator's files, staged to be put in place after the install.
     root.write("/root/stage/ca.pem", &ep.ca_pem, 0o644);
     root.write("/root/stage/jwt", vm_jwt("vm-0001", &ep.plane_uid), 0o600);
@@ -225,7 +259,11 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
         0o644,
     );
     root.write("/root/stage/agent.config.yaml", AGENT_CONFIG, 0o644);
-    root.write("/etc/systemd/system/istio-sidecar.service", SIDECAR_STANDIN_UNIT, 0o644);
+    root.write(
+        "/etc/systemd/system/istio-sidecar.service",
+        SIDECAR_STANDIN_UNIT,
+        0o644,
+    );
     root.write("/etc/hosts", HOSTS, 0o644);
     let name = format!("onboarding-pkg-{}", std::process::id());
     let ct = root.boot(&name, Duration::from_secs(90));
@@ -238,37 +276,58 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
 
     // The spec's commands, verbatim, in the download directory.
     let check = h.sh_ok("cd /root && sha256sum --check onboarding-agent.deb.sha256");
-    assert!(check.contains("onboarding-agent.deb: OK"), "sha256sum --check: {check}");
+    assert!(
+        check.contains("onboarding-agent.deb: OK"),
+        "sha256sum --check: {check}"
+    );
     h.sh_ok("cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y ./onboarding-agent.deb");
 
     // Installed: the binaries run (the static musl build on this Debian), the unit is
     // enabled but skipped until configured, the conffiles are registered.
     let version = h.sh_ok("onboarding-agent --version");
-    assert!(version.contains(env!("CARGO_PKG_VERSION")), "onboarding-agent --version: {version}");
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")),
+        "onboarding-agent --version: {version}"
+    );
     h.sh_ok("onboarding-agent-oidc-credential-plugin --help >/dev/null 2>&1 || test $? -eq 2");
-    assert_eq!(h.sh("systemctl is-enabled onboarding-agent").stdout.trim(), "enabled");
-    assert_eq!(h.sh("systemctl is-active onboarding-agent").stdout.trim(), "inactive");
+    assert_eq!(
+        h.sh("systemctl is-enabled onboarding-agent").stdout.trim(),
+        "enabled"
+    );
+    assert_eq!(
+        h.sh("systemctl is-active onboarding-agent").stdout.trim(),
+        "inactive"
+    );
     let conffiles = h.sh_ok("cat /var/lib/dpkg/info/onboarding-agent.conffiles");
     for f in [
         "/etc/onboarding-agent/agent.config.yaml",
         "/etc/onboarding-agent/onboarding.config.yaml.example",
     ] {
-        assert!(conffiles.lines().any(|l| l == f), "{f} not a conffile: {conffiles}");
+        assert!(
+            conffiles.lines().any(|l| l == f),
+            "{f} not a conffile: {conffiles}"
+        );
     }
     let unit_path = h.sh_ok("systemctl show -p FragmentPath --value onboarding-agent");
     // bookworm is merged-/usr: systemd finds the packaged /usr/lib unit through /lib.
     assert!(
-        ["/usr/lib/systemd/system/onboarding-agent.service", "/lib/systemd/system/onboarding-agent.service"]
-            .contains(&unit_path.trim()),
+        [
+            "/usr/lib/systemd/system/onboarding-agent.service",
+            "/lib/systemd/system/onboarding-agent.service"
+        ]
+        .contains(&unit_path.trim()),
         "systemd loads the unit from {unit_path}"
     );
     let listed = h.sh_ok("dpkg -L onboarding-agent");
     assert!(
-        listed.lines().any(|l| l == "/usr/lib/systemd/system/onboarding-agent.service"),
+        listed
+            .lines()
+            .any(|l| l == "/usr/lib/systemd/system/onboarding-agent.service"),
         "dpkg -L: {listed}"
     );
     assert_eq!(
-        h.ct.read("/usr/lib/systemd/system/onboarding-agent.service").unwrap_or_default(),
+        h.ct.read("/usr/lib/systemd/system/onboarding-agent.service")
+            .unwrap_or_default(),
         endpoint::read(&endpoint::repo().join("packaging/systemd/onboarding-agent.service")),
         "the packaged unit is not packaging/systemd/onboarding-agent.service"
     );
@@ -287,22 +346,34 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
          && cat /root/stage/agent.config.yaml > /etc/onboarding-agent/agent.config.yaml",
     );
     h.sh_ok("systemctl enable --now onboarding-agent");
-    h.wait("the WAR in the endpoint's store", Duration::from_secs(30), || {
-        h.ep.war_path(WAR).exists()
-    });
+    h.wait(
+        "the WAR in the endpoint's store",
+        Duration::from_secs(30),
+        || h.ep.war_path(WAR).exists(),
+    );
     let mut pid1 = 0;
-    h.wait("istio-sidecar.service restarted", Duration::from_secs(30), || {
-        pid1 = h.main_pid(SIDECAR_UNIT);
-        pid1 != 0 && pid1 != pid0
+    h.wait(
+        "istio-sidecar.service restarted",
+        Duration::from_secs(30),
+        || {
+            pid1 = h.main_pid(SIDECAR_UNIT);
+            pid1 != 0 && pid1 != pid0
+        },
+    );
+    h.wait("the agent connected", Duration::from_secs(20), || {
+        h.connected()
     });
-    h.wait("the agent connected", Duration::from_secs(20), || h.connected());
     assert_eq!(
         h.ct.read(TOKEN).as_deref(),
         Some("istio-token-for-bookinfo-ratings-vm"),
         "istio-token{}",
         h.diag()
     );
-    assert!(h.ct.read("/etc/hosts").unwrap_or_default().contains("# BEGIN onboarding-agent"));
+    assert!(
+        h.ct.read("/etc/hosts")
+            .unwrap_or_default()
+            .contains("# BEGIN onboarding-agent")
+    );
 
     // Upgrade: the edited conffile stays (no prompt: the package's copy did not change), the
     // agent is restarted on the new package and registered again under the same name.
@@ -311,22 +382,36 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
     let installed = h.sh_ok("dpkg-query -W -f '${Version}' onboarding-agent");
     assert_eq!(installed, newer_version);
     assert_eq!(
-        h.ct.read("/etc/onboarding-agent/agent.config.yaml").as_deref(),
+        h.ct.read("/etc/onboarding-agent/agent.config.yaml")
+            .as_deref(),
         Some(AGENT_CONFIG),
         "the upgrade did not keep the edited agent.config.yaml"
     );
-    h.wait("the agent restarted on the new package", Duration::from_secs(30), || {
-        let pid = h.main_pid(AGENT_UNIT);
-        pid != 0 && pid != before
-    });
-    h.wait("the agent connected after the upgrade", Duration::from_secs(30), || {
-        h.connected() && h.ep.war_path(WAR).exists()
-    });
+    h.wait(
+        "the agent restarted on the new package",
+        Duration::from_secs(30),
+        || {
+            let pid = h.main_pid(AGENT_UNIT);
+            pid != 0 && pid != before
+        },
+    );
+    h.wait(
+        "the agent connected after the upgrade",
+        Duration::from_secs(30),
+        || h.connected() && h.ep.war_path(WAR).exists(),
+    );
 
     // Stop unregisters.
     h.sh_ok("systemctl stop onboarding-agent");
-    assert!(!h.ep.war_path(WAR).exists(), "the WAR survived systemctl stop{}", h.diag());
-    assert!(h.ct.journal(&[AGENT_UNIT]).contains("unregistered bookinfo/"));
+    assert!(
+        !h.ep.war_path(WAR).exists(),
+        "the WAR survived systemctl stop{}",
+        h.diag()
+    );
+    assert!(
+        h.ct.journal(&[AGENT_UNIT])
+            .contains("unregistered bookinfo/")
+    );
 
     // Remove: the program goes, configuration and state stay (Debian policy 6.7/10.7.3).
     h.sh_ok("DEBIAN_FRONTEND=noninteractive apt-get remove -y onboarding-agent");
@@ -344,7 +429,10 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
         STATE,
         TOKEN,
     ] {
-        assert!(h.exists(kept), "{kept} gone after remove (only purge removes it)");
+        assert!(
+            h.exists(kept),
+            "{kept} gone after remove (only purge removes it)"
+        );
     }
     let status = h.sh_ok("dpkg-query -W -f '${db:Status-Abbrev}' onboarding-agent");
     assert_eq!(status.trim(), "rc", "dpkg status after remove");
@@ -371,13 +459,23 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
     ] {
         assert!(h.exists(kept), "purge removed the administrator's {kept}");
     }
-    assert_eq!(h.ct.read("/etc/hosts").as_deref(), Some(HOSTS), "/etc/hosts after purge");
+    assert_eq!(
+        h.ct.read("/etc/hosts").as_deref(),
+        Some(HOSTS),
+        "/etc/hosts after purge"
+    );
     assert!(
         !h.sh("dpkg-query -W onboarding-agent").ok()
-            || h.sh_ok("dpkg-query -W -f '${db:Status-Abbrev}' onboarding-agent").trim() == "un",
+            || h.sh_ok("dpkg-query -W -f '${db:Status-Abbrev}' onboarding-agent")
+                .trim()
+                == "un",
         "dpkg still knows onboarding-agent after purge"
     );
-    assert_eq!(h.main_pid(SIDECAR_UNIT), pid1, "the package touched the sidecar");
+    assert_eq!(
+        h.main_pid(SIDECAR_UNIT),
+        pid1,
+        "the package touched the sidecar"
+    );
 }
 
 /// `rpm` on the host with `args`, against the root `dir`.
@@ -389,7 +487,13 @@ fn rpm(dir: &Path, args: &[&str]) -> nspawn::Output {
 
 fn rpm_ok(dir: &Path, args: &[&str]) -> String {
     let out = rpm(dir, args);
-    assert!(out.ok(), "rpm {args:?}: {}\n{}{}", out.status, out.stdout, out.stderr);
+    assert!(
+        out.ok(),
+        "rpm {args:?}: {}\n{}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
     out.stdout
 }
 
@@ -455,11 +559,19 @@ fn rpm_installs_into_a_prepared_root() {
     );
     let noreplace = rpm_ok(
         &dir,
-        &["-q", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", "onboarding-agent"],
+        &[
+            "-q",
+            "--qf",
+            "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
+            "onboarding-agent",
+        ],
     );
     for f in ["agent.config.yaml ", "onboarding.config.yaml.example "] {
         let line = noreplace.lines().find(|l| l.contains(f)).unwrap_or("");
-        assert!(line.ends_with(" cn"), "{f}is not %config(noreplace): {line:?}");
+        assert!(
+            line.ends_with(" cn"),
+            "{f}is not %config(noreplace): {line:?}"
+        );
     }
     let scripts = rpm_ok(&dir, &["-q", "--scripts", "onboarding-agent"]);
     for (script, file) in [
@@ -469,7 +581,10 @@ fn rpm_installs_into_a_prepared_root() {
     ] {
         assert!(scripts.contains(script), "no {script}: {scripts}");
         let body = endpoint::read(&endpoint::repo().join(file));
-        assert!(scripts.contains(body.trim()), "{script} is not {file}:\n{scripts}");
+        assert!(
+            scripts.contains(body.trim()),
+            "{script} is not {file}:\n{scripts}"
+        );
     }
     assert_eq!(
         endpoint::read(&root.path("/usr/lib/systemd/system/onboarding-agent.service")),
@@ -483,7 +598,11 @@ fn rpm_installs_into_a_prepared_root() {
         assert_eq!(mode, 0o755, "/usr/bin/onboarding-agent mode");
     }
     // The binary runs in the prepared root (chroot: the static build needs nothing from it).
-    let out = host(Command::new("chroot").arg(&dir).args(["/usr/bin/onboarding-agent", "--version"]));
+    let out = host(
+        Command::new("chroot")
+            .arg(&dir)
+            .args(["/usr/bin/onboarding-agent", "--version"]),
+    );
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
 
     // %config(noreplace): a reinstall keeps the edited file; an erase saves it as .rpmsave
@@ -491,11 +610,18 @@ fn rpm_installs_into_a_prepared_root() {
     let cfg = root.path("/etc/onboarding-agent/agent.config.yaml");
     std::fs::write(&cfg, AGENT_CONFIG).unwrap_or_else(|e| panic!("{}: {e}", cfg.display()));
     rpm_ok(&dir, &["-U", "--replacepkgs", "--nodeps", &pkg_s]);
-    assert_eq!(endpoint::read(&cfg), AGENT_CONFIG, "reinstall replaced the edited config");
+    assert_eq!(
+        endpoint::read(&cfg),
+        AGENT_CONFIG,
+        "reinstall replaced the edited config"
+    );
     root.write(STATE, "{}", 0o600);
     rpm_ok(&dir, &["-e", "--nodeps", "onboarding-agent"]);
     assert!(!root.path("/usr/bin/onboarding-agent").exists());
-    assert!(!root.path("/var/lib/onboarding-agent").exists(), "erase left the state");
+    assert!(
+        !root.path("/var/lib/onboarding-agent").exists(),
+        "erase left the state"
+    );
     assert_eq!(
         endpoint::read(&root.path("/etc/onboarding-agent/agent.config.yaml.rpmsave")),
         AGENT_CONFIG
