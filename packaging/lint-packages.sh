@@ -43,7 +43,7 @@ done
 
 for rpm in "${rpms[@]}"; do
     echo "== rpmlint $(basename "$rpm")"
-    if ! rpmlint -r packaging/rpmlint.toml "$rpm"; then
+    if ! rpmlint -c packaging/rpmlint.toml "$rpm"; then
         status=1
     fi
 done
