@@ -103,6 +103,15 @@ for arch in $arches; do
         fi
     done
     echo "built in $(( $(date +%s) - t ))s: $(stat -c %s "$bin_dir/onboarding-agent") B agent, $(stat -c %s "$bin_dir/onboarding-agent-oidc-credential-plugin") B plugin"
+    # The size budget of the agent as shipped (issue 8): a stripped static binary of at most
+    # 4 MiB. The profile strips it already; a growth past the budget fails the build here.
+    agent_bytes=$(stat -c %s "$bin_dir/onboarding-agent")
+    budget=$((4 * 1024 * 1024))
+    echo "agent size: $agent_bytes B ($(awk -v b="$agent_bytes" 'BEGIN { printf "%.2f", b / 1048576 }') MiB) of a $budget B budget"
+    if [ "$agent_bytes" -gt "$budget" ]; then
+        echo "build-packages: the agent ($agent_bytes B) is over its 4 MiB budget" >&2
+        exit 1
+    fi
 
     deb=onboarding-agent_${version}-${revision}_${arch}.deb
     rpm=onboarding-agent-${version}-${revision}.${rarch}.rpm
