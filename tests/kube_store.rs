@@ -707,3 +707,77 @@ fn grace_period_cleanup_through_the_kube_store_even_when_the_replica_died_too() 
     );
     drop(b);
 }
+
+/// Every OnboardingPolicy or WorkloadAutoRegistration shown in README.md and docs/*.md, as a
+/// reader would copy it, is accepted by the real API server under the generated CRDs (a
+/// server-side dry run: schema, required fields, enums). An example the CRDs would refuse is
+/// an example nobody can use.
+#[test]
+fn every_example_object_in_the_docs_is_accepted_by_the_api_server() {
+    let Some(h) = cluster() else {
+        return;
+    };
+    let mut docs = vec![repo().join("README.md")];
+    let mut in_docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    in_docs.sort();
+    docs.extend(in_docs);
+    let ours = [
+        "authorization.onboarding.tetrate.io/",
+        "runtime.onboarding.tetrate.io/",
+    ];
+    let mut checked = Vec::new();
+    for doc in &docs {
+        let text = read(doc);
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start()) {
+                (None, l) if l.starts_with("```yaml") => block = Some(String::new()),
+                (Some(b), l) if l.starts_with("```") => {
+                    for part in b.split("\n---") {
+                        let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(part) else {
+                            continue;
+                        };
+                        let api = value["apiVersion"].as_str().unwrap_or_default();
+                        if !ours.iter().any(|g| api.starts_with(g)) {
+                            continue;
+                        }
+                        let mut obj = value.clone();
+                        let ns = obj["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or(NS)
+                            .to_string();
+                        obj["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+                        // The namespace an example names may not exist yet in this cluster.
+                        let _ = h.kubectl_output(&["create", "namespace", &ns], None);
+                        let out = h.kubectl_output(
+                            &["apply", "--dry-run=server", "-f", "-"],
+                            Some(&obj.to_string()),
+                        );
+                        assert!(
+                            out.status.success(),
+                            "{}: this example is refused by the API server: {}\n{part}",
+                            doc.display(),
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        checked.push(format!("{} {}", doc.display(), obj["kind"]));
+                    }
+                    block = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    assert!(
+        checked.iter().any(|c| c.contains("OnboardingPolicy")),
+        "no OnboardingPolicy example found in the docs: {checked:?}"
+    );
+    eprintln!("accepted by the API server: {checked:#?}");
+}
