@@ -490,18 +490,7 @@ pub fn is_valid_host(s: &str) -> bool {
 }
 
 pub fn is_valid_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        // A name of digits and dots only would be an (invalid) IPv4 address.
-        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    validation::is_hostname(s)
 }
 
 fn is_dns1123_label(s: &str) -> bool {

@@ -104,6 +104,25 @@ fn is_qualified_form(s: &str) -> bool {
     }
 }
 
+/// A hostname that can go into `/etc/hosts` and DNS: RFC 1123 labels of letters, digits and
+/// `-` (not at either end), at most 63 bytes each and 253 in all, an optional trailing dot.
+/// Names of digits and dots only are refused: they would read as an (invalid) IPv4 address.
+/// The endpoint checks egress hosts with it before rendering, the agent before it writes
+/// `/etc/hosts` or uses a TLS server name.
+pub fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
 /// A namespace (and anything else Kubernetes names with a DNS-1123 label).
 pub fn dns1123_label(s: &str) -> Result<(), Invalid> {
     let rule = Rule::Dns1123Label;

@@ -78,33 +78,13 @@ pub fn env_line(key: &str, value: &str) -> Result<String, EnvLineError> {
     Ok(format!("{key}={}", shell_quote(value)))
 }
 
-/// A hostname that can go into `/etc/hosts` and DNS: RFC 1123 labels of letters, digits and
-/// `-` (not at either end), at most 63 bytes each and 253 in all, an optional trailing dot.
-/// Names of digits and dots only are refused: they would read as an (invalid) IPv4 address.
-/// The agent applies the same rule before it writes (`agent::config::is_valid_dns_name`).
-pub fn is_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-        && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-}
+/// One rule for hostnames and one for DNS-1123 labels, shared with the agent and the stores.
+pub use crate::api::validation::is_hostname as is_dns_name;
 
-/// A DNS-1123 label (a Kubernetes namespace, an Istio revision): lower-case letters, digits
-/// and `-`, not at either end, at most 63 bytes. These become part of istiod's host name.
+/// A DNS-1123 label (a Kubernetes namespace, an Istio revision). These become part of
+/// istiod's host name.
 pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    crate::api::validation::dns1123_label(s).is_ok()
 }
 
 #[cfg(test)]
