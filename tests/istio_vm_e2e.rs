@@ -457,34 +457,54 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
                     .contains("127.0.0.1")
             })
     };
-    wait_until(
-        "the WorkloadEntry reports Healthy=False while the probe fails",
-        Duration::from_secs(60),
-        || format!("{}\n{}", we(), diag()),
-        || {
-            we()["status"]["conditions"]
-                .as_array()
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Healthy" && c["status"] == "False")
-                })
-                .then_some(())
-        },
+    let health_is = |we: &serde_json::Value, status: &str| {
+        we["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Healthy" && c["status"] == status)
+        })
+    };
+    let healthy = |we: &serde_json::Value| health_is(we, "True");
+    // pilot-agent sends its first probe result right after the stream's first LDS request,
+    // and istiod may handle it before its informer has seen the `workloadController`
+    // annotation it just wrote; `state.Store.UpdateHealth` then drops it without retry
+    // (istio pilot/pkg/autoregistration/internal/state/store.go, `IsControllerOf`). So the
+    // test asserts on transitions made after istiod became the controller, which istiod
+    // always takes; docs/testing-kubernetes.md describes what this race means for a real VM.
+    assert!(
+        !healthy(&we()),
+        "no Healthy=True before the probe target answers"
     );
     assert_eq!(
         shard_has_vm(),
         Some(false),
-        "an unhealthy VM is no endpoint"
+        "an entry that is not Healthy=True is no endpoint"
     );
-    let probe_target = std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port");
-    let healthy = |we: &serde_json::Value| {
-        we["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Healthy" && c["status"] == "True")
-        })
-    };
+    let mut probe_target =
+        Some(std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port"));
     wait_until(
-        "the WorkloadEntry turns Healthy=True",
+        "the WorkloadEntry turns Healthy=True once the probe target answers",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || healthy(&we()).then_some(()),
+    );
+    // The probe target goes away: Healthy=False, and the VM is no endpoint.
+    drop(probe_target.take());
+    wait_until(
+        "the WorkloadEntry reports Healthy=False while the probe fails",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || health_is(&we(), "False").then_some(()),
+    );
+    wait_until(
+        "an unhealthy VM is no endpoint",
+        Duration::from_secs(30),
+        diag,
+        || (shard_has_vm() == Some(false)).then_some(()),
+    );
+    probe_target =
+        Some(std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port"));
+    wait_until(
+        "the WorkloadEntry turns Healthy=True again",
         Duration::from_secs(60),
         || format!("{}\n{}", we(), diag()),
         || healthy(&we()).then_some(()),
@@ -535,7 +555,16 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     for f in ["etc/certs/cert-chain.pem", "etc/certs/key.pem"] {
         std::fs::remove_file(root.join(f)).expect("remove the old certificate");
     }
+    // As above: the probe turns healthy only once istiod controls the new entry.
+    drop(probe_target.take());
     let mut sidecar = start_sidecar(&root, &istio_bin, &agent.path("pilot-agent-2.log"));
+    let diag = || {
+        format!(
+            "--- pilot-agent (second run):\n{}\n--- istiod:\n{}",
+            std::fs::read_to_string(agent.path("pilot-agent-2.log")).unwrap_or_default(),
+            istiod.log_tail(40)
+        )
+    };
     let chain = wait_until(
         "pilot-agent gets a certificate again after re-onboarding",
         Duration::from_secs(90),
@@ -572,16 +601,23 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
         .spawn()
         .expect("start xds-client");
     wait_until(
-        "the re-registered WorkloadEntry turns Healthy=True",
-        Duration::from_secs(60),
+        "istiod becomes the controller of the re-registered WorkloadEntry",
+        Duration::from_secs(30),
         || format!("{}\n{}", we(), diag()),
         || {
             let w = we();
             (w["metadata"]["uid"] != first_uid
-                && w["metadata"]["annotations"]["istio.io/workloadController"].is_string()
-                && healthy(&w))
+                && w["metadata"]["annotations"]["istio.io/workloadController"].is_string())
             .then_some(())
         },
+    );
+    probe_target =
+        Some(std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port"));
+    wait_until(
+        "the re-registered WorkloadEntry turns Healthy=True",
+        Duration::from_secs(60),
+        || format!("{}\n{}", we(), diag()),
+        || healthy(&we()).then_some(()),
     );
     drop(probe_target);
     drop(xds.stdin.take());
