@@ -265,7 +265,18 @@ fn ec2_end_to_end_with_one_live_session_per_instance() {
         took.as_millis()
     );
     let log = agent.log();
-    assert!(log.contains("session_conflict"), "{log}");
+    // The old session's last keep-alive came at most one interval (1s) before the kill, so
+    // it is live for at least 2s after it: an agent connected sooner than that must have
+    // been refused first. On a loaded machine the restarted agent may only get to its first
+    // call after the old session expired; then no conflict is owed.
+    if took < Duration::from_secs(2) {
+        assert!(log.contains("session_conflict"), "{log}");
+    } else if !log.contains("session_conflict") {
+        eprintln!(
+            "EC2: the restarted agent's first call came after the old session expired; \
+             the conflict path was not exercised in this run"
+        );
+    }
     assert!(log.contains("existing registration reused"), "{log}");
 
     // SIGTERM: the agent unregisters, which ends its session: the instance may onboard
