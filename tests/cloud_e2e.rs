@@ -234,13 +234,7 @@ fn ec2_end_to_end_with_one_live_session_per_instance() {
     let stolen = sim(host.clone());
     let r = authorize(&ep, ec2_credential(&stolen));
     assert_refused(&r, 409, "session_conflict", "second concurrent session");
-    assert!(
-        ep.log
-            .lock()
-            .unwrap()
-            .contains("second concurrent session refused"),
-        "the conflict is logged"
-    );
+    ep.wait_log("second concurrent session refused");
     // Keep-alives keep the agent's session (several intervals go by).
     std::thread::sleep(Duration::from_millis(3500));
     assert_refused(

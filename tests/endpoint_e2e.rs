@@ -520,8 +520,7 @@ fn an_old_session_token_cannot_outlive_its_war_or_its_policy() {
     // An identity still allowed is untouched.
     let (_e, other) = onboard(&ep, "vm-0003");
     assert_eq!(other["reused"], false);
-    let log = ep.log.lock().unwrap().clone();
-    assert!(log.contains("session revoked"), "{log}");
+    ep.wait_log("session revoked");
 }
 
 #[test]
@@ -749,6 +748,5 @@ fn start_up_removes_crash_leftovers_and_completes_registrations() {
         "the WorkloadEntry is completed from its WAR"
     );
     assert!(!orphan.exists(), "the orphan WorkloadEntry is removed");
-    let log = ep.log.lock().unwrap().clone();
-    assert!(log.contains("repaired the state directory"), "{log}");
+    ep.wait_log("repaired the state directory");
 }

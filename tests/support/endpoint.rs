@@ -170,6 +170,23 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint's log once it contains `needle`. Its stderr is read by a thread, so a
+    /// line about a request may arrive after the response: never assert on the log at once.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the endpoint's log did not contain {needle:?} within 10s:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn start(opts: Options) -> Endpoint {
         Endpoint::start_with(opts, Extra::default())
     }
