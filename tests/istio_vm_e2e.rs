@@ -174,10 +174,15 @@ impl Drop for AgentGroup {
 /// the agent's `root/etc/hosts`: pilot-agent resolves istiod's name through the hosts line
 /// the endpoint rendered.
 fn start_sidecar(root: &Path, istio_bin: &Path, log: &Path) -> AgentGroup {
+    start_sidecar_with(root, istio_bin, log, "")
+}
+
+/// As [`start_sidecar`], with more host settings (`KEY=value` lines) in sidecar.env.
+fn start_sidecar_with(root: &Path, istio_bin: &Path, log: &Path, extra: &str) -> AgentGroup {
     std::fs::write(
         root.join("var/lib/istio/envoy/sidecar.env"),
         format!(
-            "DISABLE_ENVOY=true\nISTIO_BIN_BASE='{}'\nEXEC_USER=vm-test\nPOD_NAME=vm-1\n",
+            "DISABLE_ENVOY=true\nISTIO_BIN_BASE='{}'\nEXEC_USER=vm-test\nPOD_NAME=vm-1\n{extra}",
             istio_bin.display()
         ),
     )
@@ -220,9 +225,20 @@ fn wait_until<T>(
     }
 }
 
+/// The tests that run istiod on 127.0.0.1:15012 (and pilot-agent on its fixed local
+/// ports) take turns: the test harness runs test functions in parallel.
+static FIXED_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fixed_ports() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding it leaves nothing running (everything is killed on
+    // drop), so a poisoned lock is still a free port.
+    FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     let started = Instant::now();
+    let _ports = fixed_ports();
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         // The mount namespace that gives pilot-agent the agent's /etc/hosts needs root.
@@ -868,4 +884,475 @@ fn render_matches_live_istioctl_except_documented_differences() {
         .expect("claims");
         assert_eq!(claims["aud"], serde_json::json!(["istio-ca"]), "{claims}");
     }
+}
+
+/// A counter from istiod's Prometheus endpoint (the sum over its label sets), or `None`
+/// when istiod does not list it (a counter never incremented is not listed).
+fn istiod_counter(istiod: &Istiod, name: &str) -> Option<f64> {
+    let (_, body) = istiod.get(istiod.monitoring_port, "/metrics")?;
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name{...} v`, `name v`, or the exporter's `name_total ...`.
+        let rest = rest.strip_prefix("_total").unwrap_or(rest);
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+/// `exp` of a JWT (unix seconds).
+fn jwt_exp(token: &str) -> u64 {
+    let payload = token.trim().split('.').nth(1).expect("JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .expect("base64"),
+    )
+    .expect("claims");
+    claims["exp"].as_u64().expect("exp")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Polls `f` every 100 ms; returns the time from `since` to the first `true`. Fails after
+/// `bound`, a generous upper bound: the figures are printed, not asserted tightly.
+fn time_until(
+    what: &str,
+    since: Instant,
+    bound: Duration,
+    diag: impl Fn() -> String,
+    mut f: impl FnMut() -> bool,
+) -> Duration {
+    loop {
+        if f() {
+            return since.elapsed();
+        }
+        if since.elapsed() > bound {
+            panic!("{what}: not within {bound:?}\n{}", diag());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Revocation measured with the real endpoint, agent, istiod and pilot-agent
+/// (docs/testing-kubernetes.md, "Revocation, measured"; the operator's view is in
+/// docs/endpoint.md, "Revoking a workload"). The figures are printed (`--nocapture`),
+/// only generous bounds asserted. On the way, the agent replaces the istio-token while
+/// pilot-agent runs, and pilot-agent's next certificate signing requests still succeed
+/// with no authentication failure at istiod.
+#[test]
+fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").is_err(),
+            "istio_vm_e2e needs root (unshare --mount) and CI is set"
+        );
+        eprintln!(
+            "SKIPPED revocation_timings_and_a_token_replaced_under_a_running_pilot_agent: needs root"
+        );
+        return;
+    }
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let Some(istio_bin) = istio_bin_dir() else {
+        return;
+    };
+    let _ports = fixed_ports();
+    for ns in [NS, ENDPOINT_NS] {
+        h.kubectl(&["create", "namespace", ns]);
+    }
+    h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
+    let istiod = Istiod::start_on(&h, &istio_bin, MESH, NS, Some(ISTIOD_PORT));
+    h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
+    h.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
+    ]);
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe target");
+    let probe_port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    h.kubectl_in(&["apply", "-f", "-"], Some(&workload_group(probe_port)));
+    h.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
+    h.kubectl_in(&["apply", "-f", "-"], Some(SERVICE_ENTRY));
+    let rbac = repo().join("packaging/kubernetes/rbac.yaml");
+    h.kubectl(&["apply", "-f", rbac.to_str().expect("UTF-8")]);
+    let kubeconfig = service_account_kubeconfig(&h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
+    // Short keep-alive and grace settings so the policy case ends within the test; the
+    // figures for the defaults follow from the same steps (docs/testing-kubernetes.md).
+    let settings = Options {
+        grace: "20s",
+        keep_alive_interval: "2s",
+        keep_alive_timeout: "6s",
+        token_expiration: "1h",
+    };
+    let mut ep = Endpoint::start_in(
+        settings,
+        Extra::default(),
+        StoreChoice {
+            store: Some(format!(
+                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
+                kubeconfig.display()
+            )),
+            instance_name: Some("endpoint-a".into()),
+        },
+    );
+    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    // Shared by the diagnostics and the steps that stop and start it.
+    let agent = std::cell::RefCell::new(Agent::builder(&ep).start());
+    agent
+        .borrow()
+        .wait_phase("connected", Duration::from_secs(60));
+    let root = agent.borrow().root_file("");
+    let token_path = root.join("var/run/secrets/tokens/istio-token");
+    let cert_path = root.join("etc/certs/cert-chain.pem");
+    let xds_client = istio::build_xds_client(agent.borrow().path("").as_path());
+    let bootstrap_path = root.join("etc/istio/proxy/grpc-bootstrap.json");
+    let socket = root.join("etc/istio/proxy/XDS");
+
+    // pilot-agent asks for 20 s certificates, so it renews about every 10 s: each renewal
+    // is a signing request to istiod, authenticated by what the VM holds.
+    let sidecar_env = "SECRET_TTL=20s\n";
+    let log1 = agent.borrow().path("pilot-agent.log");
+    let mut sidecar = start_sidecar_with(&root, &istio_bin, &log1, sidecar_env);
+    let diag = |log: &Path| {
+        format!(
+            "--- pilot-agent:\n{}\n--- istiod:\n{}\n--- agent:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            istiod.log_tail(40),
+            agent.borrow().log()
+        )
+    };
+    let we = || h.kubectl_json(&["-n", NS, "get", "workloadentry", WAR], None);
+    let we_exists = || {
+        h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR], None)
+            .status
+            .success()
+    };
+    let shard_has_vm = || {
+        istiod
+            .get(istiod.http_port, "/debug/endpointShardz")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_some_and(|v| {
+                v["ratings-vm.bookinfo.svc.cluster.local"][NS]["Shards"]
+                    .to_string()
+                    .contains("127.0.0.1")
+            })
+    };
+    let healthy = |we: &serde_json::Value| {
+        we["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Healthy" && c["status"] == "True")
+        })
+    };
+    // An xDS stream through pilot-agent makes istiod take the current entry; the probe
+    // target then answers (after that, so istiod sees the transition: the race in
+    // docs/testing-kubernetes.md) and the VM becomes a healthy endpoint.
+    let join_endpoints = |log: &Path| -> (std::process::Child, std::net::TcpListener) {
+        wait_until(
+            "pilot-agent's XDS socket",
+            Duration::from_secs(60),
+            || diag(log),
+            || socket.exists().then_some(()),
+        );
+        let xds = Command::new(&xds_client)
+            .arg(&bootstrap_path)
+            .arg(&socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start xds-client");
+        wait_until(
+            "istiod becomes the controller of the current WorkloadEntry",
+            Duration::from_secs(60),
+            || format!("{}\n{}", we(), diag(log)),
+            || {
+                we()["metadata"]["annotations"]["istio.io/workloadController"]
+                    .as_str()
+                    .map(|_| ())
+            },
+        );
+        let target = std::net::TcpListener::bind(("127.0.0.1", probe_port)).expect("probe port");
+        wait_until(
+            "the WorkloadEntry turns Healthy=True",
+            Duration::from_secs(60),
+            || format!("{}\n{}", we(), diag(log)),
+            || healthy(&we()).then_some(()),
+        );
+        wait_until(
+            "the VM is an endpoint of ratings-vm",
+            Duration::from_secs(30),
+            || diag(log),
+            || shard_has_vm().then_some(()),
+        );
+        (xds, target)
+    };
+    let stop_xds = |mut xds: std::process::Child| {
+        drop(xds.stdin.take());
+        let _ = xds.kill();
+        let _ = xds.wait();
+    };
+    let vm_jwt = || endpoint::vm_jwt("vm-0001", &ep.plane_uid);
+    // A fresh istio-token for the VM's session, as the agent's refresh asks for it.
+    let bootstrap_status = |session: &str| ep.call("GET", "/v1/bootstrap", Some(session), None);
+    // The session the VM holds: what its agent gets when it renews (authorize with the
+    // VM's credential while its WAR exists).
+    let vm_session = || {
+        let (status, body) = endpoint::authorize(&ep, &vm_jwt());
+        assert_eq!(status, 200, "authorize: {body}");
+        body["token"].as_str().expect("session token").to_string()
+    };
+
+    wait_until(
+        "pilot-agent writes cert-chain.pem",
+        Duration::from_secs(90),
+        || diag(&log1),
+        || std::fs::read(&cert_path).ok().filter(|p| !p.is_empty()),
+    );
+    let (xds, probe_target) = join_endpoints(&log1);
+    let session = vm_session();
+    let (status, body) = bootstrap_status(&session);
+    assert_eq!(
+        status, 200,
+        "the VM's session gets a fresh istio-token: {body}"
+    );
+
+    // (a) The agent stops (SIGKILL: no unregister) and the operator deletes the WAR.
+    agent.borrow_mut().kill9();
+    let first_uid = we()["metadata"]["uid"].clone();
+    let t0 = Instant::now();
+    h.kubectl(&["-n", NS, "delete", "war", WAR]);
+    let deleted_in = t0.elapsed();
+    let token_refused = time_until(
+        "delete war: the VM's session gets no istio-token",
+        t0,
+        Duration::from_secs(30),
+        || diag(&log1),
+        || bootstrap_status(&session).0 != 200,
+    );
+    let (status, body) = bootstrap_status(&session);
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["code"], "registration_gone", "{body}");
+    let we_gone = time_until(
+        "delete war: the WorkloadEntry is deleted",
+        t0,
+        Duration::from_secs(60),
+        || {
+            format!(
+                "{}\n{}",
+                ep.log.lock().map(|l| l.clone()).unwrap_or_default(),
+                diag(&log1)
+            )
+        },
+        || !we_exists(),
+    );
+    let shard_gone = time_until(
+        "delete war: the VM's address leaves istiod's endpoints",
+        t0,
+        Duration::from_secs(90),
+        || diag(&log1),
+        || !shard_has_vm(),
+    );
+    // Not a revocation of the identity: the policy still admits the VM's credential.
+    let (status, body) = endpoint::authorize(&ep, &vm_jwt());
+    assert_eq!(
+        status, 200,
+        "after delete war the credential still onboards: {body}"
+    );
+    eprintln!(
+        "revocation (delete war, agent stopped): kubectl delete took {deleted_in:?}; \
+         istio-token refused to the VM's session after {token_refused:?} (410 registration_gone); \
+         WorkloadEntry deleted after {we_gone:?}; address gone from istiod's endpointShardz after {shard_gone:?}; \
+         authorize with the VM's credential still answers 200"
+    );
+
+    // Restore: the agent starts again and onboards (a new WAR and WorkloadEntry). It writes
+    // a new istio-token while pilot-agent, started with the old one, keeps running.
+    let old_token = std::fs::read_to_string(&token_path).expect("old istio-token");
+    let old_inode =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&token_path).expect("istio-token"));
+    let failures_before =
+        istiod_counter(&istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
+    agent.borrow_mut().spawn();
+    wait_until(
+        "a new WorkloadEntry after re-onboarding",
+        Duration::from_secs(60),
+        || diag(&log1),
+        || {
+            let out =
+                h.kubectl_output(&["-n", NS, "get", "workloadentry", WAR, "-o", "json"], None);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (out.status.success() && v["metadata"]["uid"] != first_uid).then_some(())
+        },
+    );
+    let new_token = wait_until(
+        "the agent replaces the istio-token",
+        Duration::from_secs(30),
+        || diag(&log1),
+        || {
+            std::fs::read_to_string(&token_path)
+                .ok()
+                .filter(|t| !t.is_empty() && *t != old_token)
+        },
+    );
+    let replaced_at = Instant::now();
+    // Replaced by rename (a reader sees the old file or the new one, never half of one).
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&token_path).expect("istio-token")),
+        old_inode
+    );
+    // The file pilot-agent reads (its working directory is the VM's /): a TokenRequest
+    // token the API server accepts for istio-ca, not near its expiry.
+    let review = h.kubectl_json(
+        &["create", "-f", "-"],
+        Some(
+            &serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": new_token.trim(), "audiences": ["istio-ca"]},
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        format!("system:serviceaccount:{NS}:{SA}"),
+        "{review}"
+    );
+    let lifetime = jwt_exp(&new_token).saturating_sub(unix_now());
+    assert!(lifetime > 500, "istio-token valid for {lifetime}s only");
+    // pilot-agent, still the process started with the old token, renews its certificate
+    // twice after the replacement: every request succeeds, and istiod counts no
+    // authentication failure.
+    let csr_before = istiod_counter(&istiod, "citadel_server_csr_count")
+        .expect("istiod counts signing requests (citadel_server_csr_count)");
+    let mut last_chain = std::fs::read(&cert_path).expect("cert-chain.pem");
+    for n in 1..=2 {
+        last_chain = wait_until(
+            &format!("pilot-agent renews its certificate ({n}) after the token was replaced"),
+            Duration::from_secs(60),
+            || diag(&log1),
+            || {
+                std::fs::read(&cert_path)
+                    .ok()
+                    .filter(|c| !c.is_empty() && *c != last_chain)
+            },
+        );
+    }
+    let csr_after = istiod_counter(&istiod, "citadel_server_csr_count").unwrap_or(0.0);
+    assert!(csr_after >= csr_before + 2.0, "{csr_before} -> {csr_after}");
+    let failures_after =
+        istiod_counter(&istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
+    assert_eq!(
+        failures_after,
+        failures_before,
+        "istiod refused a signing request after the token was replaced\n{}",
+        diag(&log1)
+    );
+    let pa_log = std::fs::read_to_string(&log1).unwrap_or_default();
+    assert!(
+        !pa_log.contains("failed to sign CSR"),
+        "pilot-agent failed a signing request\n{pa_log}"
+    );
+    eprintln!(
+        "token replaced under a running pilot-agent: istio-token valid {lifetime}s more; \
+         {} signing requests in {:?} after the replacement, 0 authentication failures",
+        csr_after - csr_before,
+        replaced_at.elapsed()
+    );
+
+    // The sidecar restarts (its xDS stream names the entry; istiod takes the new one on
+    // connect), and the VM becomes a healthy endpoint again.
+    stop_xds(xds);
+    drop(probe_target);
+    sidecar.stop();
+    // The socket file of the stopped pilot-agent would be dialled before the new one
+    // listens.
+    std::fs::remove_file(&socket).expect("remove the old XDS socket");
+    let log2 = agent.borrow().path("pilot-agent-2.log");
+    let mut sidecar = start_sidecar_with(&root, &istio_bin, &log2, sidecar_env);
+    let (xds, probe_target) = join_endpoints(&log2);
+
+    // (b) The policy stops admitting the identity; the agent keeps running.
+    let session = vm_session();
+    let (status, body) = bootstrap_status(&session);
+    assert_eq!(status, 200, "{body}");
+    let deny = POLICY.replace("subjects: [vm-0001, ", "subjects: [");
+    assert_ne!(deny, POLICY);
+    let t0 = Instant::now();
+    h.kubectl_in(&["apply", "-f", "-"], Some(&deny));
+    let token_refused = time_until(
+        "deny: the VM's session gets no istio-token",
+        t0,
+        Duration::from_secs(30),
+        || diag(&log2),
+        || bootstrap_status(&session).0 != 200,
+    );
+    let (status, body) = bootstrap_status(&session);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "session_revoked", "{body}");
+    let (status, body) = endpoint::authorize(&ep, &vm_jwt());
+    assert_eq!(status, 403, "the credential no longer onboards: {body}");
+    let we_gone = time_until(
+        "deny: the WorkloadEntry is deleted",
+        t0,
+        Duration::from_secs(120),
+        || {
+            format!(
+                "{}\n{}",
+                ep.log.lock().map(|l| l.clone()).unwrap_or_default(),
+                diag(&log2)
+            )
+        },
+        || !we_exists(),
+    );
+    let shard_gone = time_until(
+        "deny: the VM's address leaves istiod's endpoints",
+        t0,
+        Duration::from_secs(150),
+        || diag(&log2),
+        || !shard_has_vm(),
+    );
+    // What the VM already holds outlives all this: its running pilot-agent still gets
+    // certificates for the workload's identity after its address is gone.
+    let chain_at_gone = std::fs::read(&cert_path).expect("cert-chain.pem");
+    let renewed = time_until(
+        "deny: pilot-agent still renews its certificate",
+        t0,
+        shard_gone + Duration::from_secs(60),
+        || diag(&log2),
+        || std::fs::read(&cert_path).is_ok_and(|c| !c.is_empty() && c != chain_at_gone),
+    );
+    let certs =
+        Certificate::load_pem_chain(&std::fs::read(&cert_path).expect("chain")).expect("PEM chain");
+    assert_eq!(
+        uri_sans(&certs[0]),
+        vec![format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")]
+    );
+    eprintln!(
+        "revocation (policy denies, agent running): istio-token refused after {token_refused:?} \
+         (403 session_revoked; authorize 403); WorkloadEntry deleted after {we_gone:?}; \
+         address gone from istiod's endpointShardz after {shard_gone:?} \
+         (keepAliveInterval 2s, keepAliveTimeout 6s, gracePeriod 20s); \
+         pilot-agent still renewed its workload certificate at {renewed:?}, after the address was gone"
+    );
+    stop_xds(xds);
+    drop(probe_target);
+    sidecar.stop();
 }
