@@ -727,12 +727,76 @@ fn render_matches_live_istioctl_except_documented_differences() {
     )
     .expect("write mesh");
 
+    // A revisioned control plane: its own mesh ConfigMap, here without discoveryAddress so
+    // both sides derive `istiod-canary`.
+    let canary_mesh =
+        "trustDomain: cluster.local\ndefaultConfig:\n  proxyMetadata:\n    FOO: canary\n";
+    h.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(
+            &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio-canary", "namespace": "istio-system"},
+                "data": {"mesh": canary_mesh}})
+            .to_string(),
+        ),
+    );
+    let canary_mesh_file = work.path().join("mesh-canary-cm.yaml");
+    std::fs::write(
+        &canary_mesh_file,
+        h.kubectl(&[
+            "-n",
+            "istio-system",
+            "get",
+            "cm",
+            "istio-canary",
+            "-o",
+            "yaml",
+        ]),
+    )
+    .expect("write canary mesh");
+    // An east-west gateway a cloud load balancer publishes by DNS name only (istio#31624):
+    // istioctl finds the Service but no IP.
+    const GATEWAY_HOST: &str = "eastwest-1234.elb.example";
+    h.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(
+            &serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+                "spec": {"type": "LoadBalancer",
+                         "ports": [{"name": "tcp-istiod", "port": 15012}]}})
+            .to_string(),
+        ),
+    );
+    h.kubectl(&[
+        "-n",
+        "istio-system",
+        "patch",
+        "service",
+        "istio-eastwestgateway",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"loadBalancer":{{"ingress":[{{"hostname":"{GATEWAY_HOST}"}}]}}}}}}"#
+        ),
+    ]);
+
     struct Case {
         name: &'static str,
         group: String,
         internal_ip: &'static str,
-        ingress_ip: &'static str,
+        /// An IP, or the gateway's DNS name (then istioctl gets no `--ingressIP` and looks
+        /// up the istio-eastwestgateway Service).
+        ingress: &'static str,
+        revision: Option<&'static str>,
+        /// Our default (NONE, fix 4) instead of `--interception-mode redirect`.
+        none_mode: bool,
     }
+    let simple = |name: &str, ports: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  metadata:\n    labels: {{app: {name}}}\n  template:\n    serviceAccount: {SA}\n{ports}"
+        )
+    };
     let cases = [
         Case {
             name: "plain-ipv4",
@@ -740,7 +804,9 @@ fn render_matches_live_istioctl_except_documented_differences() {
                 "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: ratings, namespace: {NS}}}\nspec:\n  template:\n    serviceAccount: {SA}\n"
             ),
             internal_ip: "10.0.0.5",
-            ingress_ip: "10.0.0.1",
+            ingress: "10.0.0.1",
+            revision: None,
+            none_mode: false,
         },
         Case {
             name: "labels-port-network-probe",
@@ -748,7 +814,9 @@ fn render_matches_live_istioctl_except_documented_differences() {
                 "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  metadata:\n    labels: {{app: reviews, version: v2}}\n    annotations: {{proxy.istio.io/config: '{{\"proxyMetadata\": {{\"BAR\": \"baz\"}}}}'}}\n  template:\n    labels: {{class: vm}}\n    serviceAccount: reviews\n    network: vm-net\n    ports: {{http: 9080}}\n  probe:\n    initialDelaySeconds: 2\n    httpGet: {{path: /ready, port: 9080}}\n"
             ),
             internal_ip: "192.168.7.9",
-            ingress_ip: "172.16.0.1",
+            ingress: "172.16.0.1",
+            revision: None,
+            none_mode: false,
         },
         Case {
             name: "default-sa-ipv6",
@@ -756,7 +824,44 @@ fn render_matches_live_istioctl_except_documented_differences() {
                 "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: details, namespace: {NS}}}\nspec:\n  metadata:\n    labels: {{app.kubernetes.io/name: details}}\n  template:\n    ports: {{grpc: 7070}}\n"
             ),
             internal_ip: "fd00:10:96::5",
-            ingress_ip: "fd00:10:96::1",
+            ingress: "fd00:10:96::1",
+            revision: None,
+            none_mode: false,
+        },
+        Case {
+            name: "revision-canary",
+            group: simple("canaryapp", "    ports: {http: 8080}\n"),
+            internal_ip: "10.0.0.6",
+            ingress: "10.0.0.2",
+            revision: Some("canary"),
+            none_mode: false,
+        },
+        Case {
+            name: "several-ports",
+            group: simple(
+                "multiport",
+                "    ports: {http: 8080, grpc-api: 9090, tcp-db: 5432, http-admin: 15000}\n",
+            ),
+            internal_ip: "10.0.0.7",
+            ingress: "10.0.0.3",
+            revision: None,
+            none_mode: false,
+        },
+        Case {
+            name: "hostname-gateway",
+            group: simple("edge", "    ports: {http: 8080}\n"),
+            internal_ip: "10.0.0.8",
+            ingress: GATEWAY_HOST,
+            revision: None,
+            none_mode: false,
+        },
+        Case {
+            name: "none-mode",
+            group: simple("plainnone", "    ports: {http: 8080, tcp: 9000}\n"),
+            internal_ip: "10.0.0.9",
+            ingress: "10.0.0.4",
+            revision: None,
+            none_mode: true,
         },
     ];
     for case in &cases {
@@ -765,7 +870,9 @@ fn render_matches_live_istioctl_except_documented_differences() {
         std::fs::create_dir_all(&ictl).expect("mkdir");
         let wg = dir.join("workloadgroup.yaml");
         std::fs::write(&wg, &case.group).expect("write group");
-        let out = Command::new(istio_bin.join("istioctl"))
+        let ingress_is_ip = case.ingress.parse::<std::net::IpAddr>().is_ok();
+        let mut istioctl = Command::new(istio_bin.join("istioctl"));
+        istioctl
             .args([
                 "x",
                 "workload",
@@ -780,34 +887,33 @@ fn render_matches_live_istioctl_except_documented_differences() {
             .arg(&wg)
             .arg("-o")
             .arg(&ictl)
-            .args([
-                "--internalIP",
-                case.internal_ip,
-                "--ingressIP",
-                case.ingress_ip,
-            ])
-            .output()
-            .expect("run istioctl");
+            .args(["--internalIP", case.internal_ip]);
+        if ingress_is_ip {
+            istioctl.args(["--ingressIP", case.ingress]);
+        }
+        if let Some(rev) = case.revision {
+            istioctl.args(["--revision", rev]);
+        }
+        let out = istioctl.output().expect("run istioctl");
         assert!(
             out.status.success(),
             "{}: istioctl: {}",
             case.name,
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
-            .args([
-                "render",
-                "--interception-mode",
-                "redirect",
-                "--cluster-id",
-                "Kubernetes",
-            ])
+        let mut render = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"));
+        render
+            .args(["render", "--cluster-id", "Kubernetes"])
             .arg("-f")
             .arg(&wg)
             .arg("-o")
             .arg(&ours)
             .arg("--mesh-config")
-            .arg(&mesh_file)
+            .arg(if case.revision.is_some() {
+                &canary_mesh_file
+            } else {
+                &mesh_file
+            })
             .arg("--root-cert")
             .arg(ictl.join("root-cert.pem"))
             .arg("--token")
@@ -816,10 +922,15 @@ fn render_matches_live_istioctl_except_documented_differences() {
                 "--internal-ip",
                 case.internal_ip,
                 "--ingress-ip",
-                case.ingress_ip,
-            ])
-            .output()
-            .expect("run render");
+                case.ingress,
+            ]);
+        if !case.none_mode {
+            render.args(["--interception-mode", "redirect"]);
+        }
+        if let Some(rev) = case.revision {
+            render.args(["--revision", rev]);
+        }
+        let out = render.output().expect("run render");
         assert!(
             out.status.success(),
             "{}: render: {}",
@@ -839,38 +950,90 @@ fn render_matches_live_istioctl_except_documented_differences() {
             v
         };
         assert_eq!(names(&ictl), names(&ours), "{}", case.name);
+        let istiod_host = match case.revision {
+            Some(rev) => format!("istiod-{rev}.istio-system.svc"),
+            None => "istiod.istio-system.svc".to_string(),
+        };
         // Not vacuous: istioctl wrote what the group and the server say.
         let hosts = read(&ictl, "hosts");
-        assert!(
-            hosts.contains(&format!("{} istiod.istio-system.svc", case.ingress_ip)),
-            "{}: {hosts}",
-            case.name
-        );
-        assert!(
-            read(&ictl, "mesh.yaml").contains("FOO: bar"),
-            "{}",
-            case.name
-        );
+        if ingress_is_ip {
+            assert_eq!(
+                hosts,
+                format!("{} {istiod_host}\n", case.ingress),
+                "{}",
+                case.name
+            );
+            assert_eq!(hosts, read(&ours, "hosts"), "{}: hosts", case.name);
+        } else {
+            // Fix 3: istioctl found the gateway Service but no IP and wrote nothing; we
+            // write what the agent resolves.
+            assert_eq!(hosts, "", "{}", case.name);
+            assert_eq!(
+                read(&ours, "hosts"),
+                format!(
+                    "# {istiod_host}: the address(es) of {}, resolved on the VM (onboarding-agent does this)\n",
+                    case.ingress
+                ),
+                "{}",
+                case.name
+            );
+        }
+        let mesh_yaml = read(&ictl, "mesh.yaml");
+        match case.revision {
+            Some(rev) => {
+                assert!(mesh_yaml.contains("FOO: canary"), "{}", case.name);
+                assert!(
+                    mesh_yaml.contains(&format!(
+                        "discoveryAddress: istiod-{rev}.istio-system.svc:15012"
+                    )),
+                    "{}: {mesh_yaml}",
+                    case.name
+                );
+            }
+            None => assert!(mesh_yaml.contains("FOO: bar"), "{}", case.name),
+        }
         assert_eq!(read(&ictl, "root-cert.pem"), ca.ca_pem, "{}", case.name);
         assert!(
             read(&ictl, "cluster.env").contains(&format!("ISTIO_SVC_IP='{}'", case.internal_ip)),
             "{}",
             case.name
         );
-        for f in ["mesh.yaml", "hosts", "root-cert.pem", "istio-token"] {
+        for f in ["mesh.yaml", "root-cert.pem", "istio-token"] {
             assert_eq!(read(&ictl, f), read(&ours, f), "{}: {f}", case.name);
         }
-        // cluster.env: istioctl's lines plus fix 2 (CA_ADDR, written only when revisioned
-        // by istioctl).
+        // cluster.env: istioctl's lines plus fix 2 (CA_ADDR, which istioctl writes only
+        // for a revision) and, in NONE mode, fix 4's two lines; with several ports the
+        // order of ISTIO_INBOUND_PORTS is istioctl's map order (fix 7), so that line is
+        // compared as a set.
         let theirs = read(&ictl, "cluster.env");
-        assert!(!theirs.contains("\nCA_ADDR="), "{theirs}");
-        let mut expected: Vec<&str> = theirs.lines().collect();
-        expected.push("CA_ADDR='istiod.istio-system.svc:15012'");
-        expected.sort();
+        let mut expected: Vec<String> = theirs.lines().map(str::to_string).collect();
+        let ca_addr = format!("CA_ADDR='{istiod_host}:15012'");
+        if case.revision.is_some() {
+            assert!(expected.contains(&ca_addr), "{}: {theirs}", case.name);
+        } else {
+            assert!(!theirs.contains("\nCA_ADDR="), "{theirs}");
+            expected.push(ca_addr);
+        }
+        if case.none_mode {
+            expected.push("ISTIO_META_INTERCEPTION_MODE='NONE'".into());
+            expected.push("ISTIO_CUSTOM_IP_TABLES='true'".into());
+        }
         let mine = read(&ours, "cluster.env");
+        let mut got: Vec<String> = mine.lines().map(str::to_string).collect();
+        let port_set = |lines: &mut Vec<String>| {
+            for l in lines.iter_mut() {
+                if let Some(v) = l.strip_prefix("ISTIO_INBOUND_PORTS=") {
+                    let mut ports: Vec<&str> = v.trim_matches('\'').split(',').collect();
+                    ports.sort();
+                    *l = format!("ISTIO_INBOUND_PORTS=<{}>", ports.join(","));
+                }
+            }
+            lines.sort();
+        };
+        port_set(&mut expected);
+        port_set(&mut got);
         assert_eq!(
-            mine.lines().collect::<Vec<_>>(),
-            expected,
+            got, expected,
             "{}:\n--- istioctl\n{theirs}\n--- ours\n{mine}",
             case.name
         );
@@ -884,6 +1047,14 @@ fn render_matches_live_istioctl_except_documented_differences() {
         .expect("claims");
         assert_eq!(claims["aud"], serde_json::json!(["istio-ca"]), "{claims}");
     }
+    // Several ports: our order is by port name (fix 7), one line istioctl may or may not
+    // happen to match.
+    let mine = std::fs::read_to_string(work.path().join("several-ports/ours/cluster.env"))
+        .expect("cluster.env");
+    assert!(
+        mine.contains("\nISTIO_INBOUND_PORTS='9090,8080,15000,5432'\n"),
+        "{mine}"
+    );
 }
 
 /// A counter from istiod's Prometheus endpoint (the sum over its label sets), or `None`
