@@ -1077,6 +1077,21 @@ fn istiod_counter(istiod: &Istiod, name: &str) -> Option<f64> {
     found
 }
 
+/// The serial number of the leaf certificate in `path`, once the file holds a whole chain
+/// (pilot-agent rewrites it in place, so a read can see it half written).
+fn leaf_serial(path: &Path) -> Option<Vec<u8>> {
+    let pem = std::fs::read(path).ok()?;
+    let certs = Certificate::load_pem_chain(&pem).ok()?;
+    Some(
+        certs
+            .first()?
+            .tbs_certificate
+            .serial_number
+            .as_bytes()
+            .to_vec(),
+    )
+}
+
 /// `exp` of a JWT (unix seconds).
 fn jwt_exp(token: &str) -> u64 {
     let payload = token.trim().split('.').nth(1).expect("JWT");
@@ -1409,21 +1424,19 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     let lifetime = jwt_exp(&new_token).saturating_sub(unix_now());
     assert!(lifetime > 500, "istio-token valid for {lifetime}s only");
     // pilot-agent, still the process started with the old token, renews its certificate
-    // twice after the replacement: every request succeeds, and istiod counts no
+    // three times after the replacement: every request succeeds, and istiod counts no
     // authentication failure.
     let csr_before = istiod_counter(&istiod, "citadel_server_csr_count")
         .expect("istiod counts signing requests (citadel_server_csr_count)");
-    let mut last_chain = std::fs::read(&cert_path).expect("cert-chain.pem");
-    for n in 1..=2 {
-        last_chain = wait_until(
+    let mut last_serial = leaf_serial(&cert_path).expect("a certificate");
+    // Three renewals, two or more requests: a request counted before `csr_before` may write
+    // its certificate after it.
+    for n in 1..=3 {
+        last_serial = wait_until(
             &format!("pilot-agent renews its certificate ({n}) after the token was replaced"),
             Duration::from_secs(60),
             || diag(&log1),
-            || {
-                std::fs::read(&cert_path)
-                    .ok()
-                    .filter(|c| !c.is_empty() && *c != last_chain)
-            },
+            || leaf_serial(&cert_path).filter(|s| *s != last_serial),
         );
     }
     let csr_after = istiod_counter(&istiod, "citadel_server_csr_count").unwrap_or(0.0);
@@ -1502,13 +1515,13 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     );
     // What the VM already holds outlives all this: its running pilot-agent still gets
     // certificates for the workload's identity after its address is gone.
-    let chain_at_gone = std::fs::read(&cert_path).expect("cert-chain.pem");
+    let serial_at_gone = leaf_serial(&cert_path).expect("a certificate");
     let renewed = time_until(
         "deny: pilot-agent still renews its certificate",
         t0,
         shard_gone + Duration::from_secs(60),
         || diag(&log2),
-        || std::fs::read(&cert_path).is_ok_and(|c| !c.is_empty() && c != chain_at_gone),
+        || leaf_serial(&cert_path).is_some_and(|s| s != serial_at_gone),
     );
     let certs =
         Certificate::load_pem_chain(&std::fs::read(&cert_path).expect("chain")).expect("PEM chain");
@@ -1525,5 +1538,274 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     );
     stop_xds(xds);
     drop(probe_target);
+    sidecar.stop();
+}
+
+/// The agent's scheduled istio-token refresh, seen by a running pilot-agent. The endpoint
+/// runs its file store with an `istioToken.command` that mints tokens the way the
+/// TokenRequest API does (the API server's own ServiceAccount signing key, its issuer, the
+/// ServiceAccount's uid, audience istio-ca), but for `EXPIRATION_SECONDS` = 40 s: the API
+/// refuses lifetimes under 10 minutes, which would put the agent's first refresh 8 minutes
+/// out. Every token is checked by the real API server (istiod's TokenReview).
+///
+/// pilot-agent starts without a certificate, so its connection to istiod's CA carries no
+/// client certificate and each signing request is authenticated by the token it reads
+/// from the file at that moment. The test waits until the first token has expired and the
+/// agent has replaced it (by rename) at least once, then for three certificate renewals:
+/// istiod counts no authentication failure. The control at the end shows the check can
+/// fail: with the agent stopped, the expired first token put back, istiod counts one; and
+/// pilot-agent then renews with its certificate all the same (the revocation bound in
+/// docs/endpoint.md).
+#[test]
+fn a_running_pilot_agent_keeps_a_valid_istio_token_across_the_agents_refreshes() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").is_err(),
+            "istio_vm_e2e needs root (unshare --mount) and CI is set"
+        );
+        eprintln!(
+            "SKIPPED a_running_pilot_agent_keeps_a_valid_istio_token_across_the_agents_refreshes: needs root"
+        );
+        return;
+    }
+    let Some(h) = KubeHarness::start() else {
+        return;
+    };
+    let Some(istio_bin) = istio_bin_dir() else {
+        return;
+    };
+    let _ports = fixed_ports();
+    h.kubectl(&["create", "namespace", NS]);
+    h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
+    let istiod = Istiod::start_on(&h, &istio_bin, MESH, NS, Some(ISTIOD_PORT));
+
+    // The header (key id) and claims of a real TokenRequest token, to mint short ones alike.
+    let real = h.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "token",
+        SA,
+        "--audience",
+        "istio-ca",
+        "--duration",
+        "10m",
+    ]);
+    let mut parts = real.trim().split('.');
+    let header = parts.next().expect("JWT header").to_string();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            parts.next().expect("JWT payload"),
+        )
+        .expect("base64"),
+    )
+    .expect("claims");
+    let sa_uid = claims["kubernetes.io"]["serviceaccount"]["uid"]
+        .as_str()
+        .expect("serviceaccount uid");
+    let issuer = claims["iss"].as_str().expect("iss");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mint = work.path().join("mint-istio-token.sh");
+    std::fs::write(
+        &mint,
+        format!(
+            r#"#!/bin/sh
+# A TokenRequest token for $NAMESPACE/$SERVICE_ACCOUNT, audience $AUDIENCE, lasting
+# $EXPIRATION_SECONDS, signed with the API server's ServiceAccount key.
+set -eu
+[ "$NAMESPACE/$SERVICE_ACCOUNT/$AUDIENCE" = "{NS}/{SA}/istio-ca" ]
+b64() {{ openssl base64 -A | tr '+/' '-_' | tr -d '='; }}
+now=$(date +%s)
+payload=$(printf '{{"aud":["istio-ca"],"exp":%d,"iat":%d,"nbf":%d,"iss":"{issuer}","jti":"%s","kubernetes.io":{{"namespace":"{NS}","serviceaccount":{{"name":"{SA}","uid":"{sa_uid}"}}}},"sub":"system:serviceaccount:{NS}:{SA}"}}' \
+  $((now + EXPIRATION_SECONDS)) "$now" "$now" "$(cat /proc/sys/kernel/random/uuid)" | b64)
+sig=$(printf '%s.%s' '{header}' "$payload" | openssl dgst -sha256 -sign '{key}' | b64)
+printf '%s.%s.%s\n' '{header}' "$payload" "$sig"
+"#,
+            key = h.ready.data_dir.join("pki/sa.key").display(),
+        ),
+    )
+    .expect("write mint script");
+
+    let mut ep = Endpoint::start_in(
+        Options::default(),
+        Extra::default(),
+        StoreChoice {
+            store: Some(format!(
+                "store:\n  file: {{configDir: config, stateDir: state}}\nistioToken:\n  expiration: 40s\n  command: [sh, {}]",
+                mint.display()
+            )),
+            instance_name: None,
+        },
+    );
+    // The store's inputs: the mesh config and root istiod uses, the group with istiod's
+    // ServiceAccount.
+    let root_pem = h.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "istio-ca-root-cert",
+        "-o",
+        "jsonpath={.data.root-cert\\.pem}",
+    ]);
+    let indent = |text: &str| {
+        text.trim_end()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let mesh_yaml = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio-ca-root-cert, namespace: {NS}}}\ndata:\n  root-cert.pem: |\n{}",
+        indent(MESH),
+        indent(&root_pem)
+    );
+    std::fs::write(ep.path("config/mesh.yaml"), mesh_yaml).expect("write mesh");
+    std::fs::write(ep.path("config/workloadgroup.yaml"), workload_group(1)).expect("write group");
+    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    let mut agent = Agent::builder(&ep).start();
+    agent.wait_phase("connected", Duration::from_secs(60));
+    let root = agent.root_file("");
+    let token_path = root.join("var/run/secrets/tokens/istio-token");
+    let cert_path = root.join("etc/certs/cert-chain.pem");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/certs/root-cert.pem"))
+            .expect("root-cert.pem")
+            .trim(),
+        root_pem.trim(),
+        "the endpoint renders istiod's root\n{}",
+        ep.log.lock().map(|l| l.clone()).unwrap_or_default()
+    );
+    let first = std::fs::read_to_string(&token_path).expect("istio-token");
+    let first_exp = jwt_exp(&first);
+    assert!(
+        (30..=45).contains(&first_exp.saturating_sub(unix_now())),
+        "a 40 s token: exp {first_exp}"
+    );
+
+    let log = agent.path("pilot-agent.log");
+    let mut sidecar = start_sidecar_with(&root, &istio_bin, &log, "SECRET_TTL=20s\n");
+    let diag = || {
+        format!(
+            "--- pilot-agent:\n{}\n--- istiod:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            istiod.log_tail(40)
+        )
+    };
+    let mut serial = wait_until(
+        "pilot-agent writes cert-chain.pem",
+        Duration::from_secs(90),
+        diag,
+        || leaf_serial(&cert_path),
+    );
+    let failures = || istiod_counter(&istiod, "citadel_server_authentication_failure_count");
+    assert_eq!(
+        failures(),
+        None,
+        "no authentication failure yet\n{}",
+        diag()
+    );
+
+    // The first token expires; by then the agent has fetched fresh ones on its schedule.
+    wait_until(
+        "the first istio-token has expired",
+        Duration::from_secs(60),
+        diag,
+        || (unix_now() > first_exp + 1).then_some(()),
+    );
+    let current = std::fs::read_to_string(&token_path).expect("istio-token");
+    assert_ne!(
+        current,
+        first,
+        "the agent replaced the token\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("fetched a fresh bootstrap"),
+        "{}",
+        agent.log()
+    );
+    let csr_before = istiod_counter(&istiod, "citadel_server_csr_count")
+        .expect("istiod counts signing requests (citadel_server_csr_count)");
+    let mut renewals = 0;
+    // Three renewals, two or more requests: a request counted before `csr_before` may write
+    // its certificate after it.
+    while renewals < 3 {
+        serial = wait_until(
+            "pilot-agent renews its certificate",
+            Duration::from_secs(60),
+            diag,
+            || leaf_serial(&cert_path).filter(|s| *s != serial),
+        );
+        renewals += 1;
+        let now_token = std::fs::read_to_string(&token_path).expect("istio-token");
+        assert!(
+            jwt_exp(&now_token) > unix_now(),
+            "the token pilot-agent reads is current"
+        );
+    }
+    let csr_after = istiod_counter(&istiod, "citadel_server_csr_count").unwrap_or(0.0);
+    let citadel = || {
+        istiod
+            .get(istiod.monitoring_port, "/metrics")
+            .map(|(_, b)| {
+                b.lines()
+                    .filter(|l| l.starts_with("citadel_server"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        csr_after >= csr_before + 2.0,
+        "{csr_before} -> {csr_after}\n{}",
+        citadel()
+    );
+    assert_eq!(
+        failures(),
+        None,
+        "istiod refused a request of pilot-agent after the agent's refreshes\n{}",
+        diag()
+    );
+    let refreshes = agent.log().matches("fetched a fresh bootstrap").count();
+    assert!(refreshes >= 2, "{}", agent.log());
+    eprintln!(
+        "token refresh under a running pilot-agent: {refreshes} refreshes of a 40 s istio-token, \
+         {renewals} certificate renewals after the first token expired, 0 authentication failures"
+    );
+
+    // Control: the agent stops; the expired first token goes back where pilot-agent reads
+    // it. Its next request fails authentication (so the requests above were authenticated
+    // by the token), and pilot-agent then renews with its certificate regardless.
+    agent.kill9();
+    let tmp = root.join("var/run/secrets/tokens/.control");
+    std::fs::write(&tmp, &first).expect("write");
+    std::fs::rename(&tmp, &token_path).expect("rename");
+    let failed = wait_until(
+        "istiod refuses the expired token",
+        Duration::from_secs(60),
+        diag,
+        || failures().filter(|f| *f >= 1.0),
+    );
+    let t0 = Instant::now();
+    let serial_at_failure = leaf_serial(&cert_path).expect("a certificate");
+    wait_until(
+        "pilot-agent renews its certificate with the expired token in place",
+        Duration::from_secs(60),
+        diag,
+        || leaf_serial(&cert_path).filter(|s| *s != serial_at_failure),
+    );
+    eprintln!(
+        "control: {failed} authentication failure(s) with the expired token; pilot-agent renewed \
+         with its certificate {:?} later",
+        t0.elapsed()
+    );
+    let certs =
+        Certificate::load_pem_chain(&std::fs::read(&cert_path).expect("chain")).expect("PEM chain");
+    assert_eq!(
+        uri_sans(&certs[0]),
+        vec![format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")]
+    );
     sidecar.stop();
 }
