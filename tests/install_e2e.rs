@@ -106,7 +106,11 @@ fn host(ep: &Endpoint) -> String {
 #[test]
 fn spec_commands_download_and_check_every_package() {
     let (ep, repo) = with_repository();
-    let agent_deb = put(&repo, "deb/amd64/onboarding-agent.deb", &content(1, 300_001));
+    let agent_deb = put(
+        &repo,
+        "deb/amd64/onboarding-agent.deb",
+        &content(1, 300_001),
+    );
     let agent_rpm = put(&repo, "rpm/arm64/onboarding-agent.rpm", &content(2, 77_777));
     // The operator placed this .sha256 (as build-packages.sh writes it): served as placed.
     let placed = Command::new("sha256sum")
@@ -115,7 +119,11 @@ fn spec_commands_download_and_check_every_package() {
         .output()
         .unwrap();
     assert!(placed.status.success());
-    std::fs::write(repo.join("rpm/arm64/onboarding-agent.rpm.sha256"), &placed.stdout).unwrap();
+    std::fs::write(
+        repo.join("rpm/arm64/onboarding-agent.rpm.sha256"),
+        &placed.stdout,
+    )
+    .unwrap();
     let sidecar = put(&repo, "deb/amd64/istio-sidecar.deb", &content(3, 123_456));
     let revisioned = put(
         &repo,
@@ -198,15 +206,25 @@ sha256sum --check onboarding-agent.deb.sha256
         );
     }
     let served = curl(&ep, "/install/rpm/arm64/onboarding-agent.rpm.sha256", &[]);
-    assert_eq!(served.body, placed.stdout, "a placed .sha256 is served as is");
+    assert_eq!(
+        served.body, placed.stdout,
+        "a placed .sha256 is served as is"
+    );
 
     // The check is real: a corrupted download fails it.
     let p = work.path().join("onboarding-agent.deb");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[1000] ^= 1;
     std::fs::write(&p, bytes).unwrap();
-    let out = sh(&ep, work.path(), "sha256sum --check onboarding-agent.deb.sha256");
-    assert!(!out.status.success(), "a corrupted package passed the check");
+    let out = sh(
+        &ep,
+        work.path(),
+        "sha256sum --check onboarding-agent.deb.sha256",
+    );
+    assert!(
+        !out.status.success(),
+        "a corrupted package passed the check"
+    );
 
     // A replaced package gets a new checksum (the cache follows size and mtime).
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -238,11 +256,27 @@ sha256sum --check onboarding-agent.deb.sha256
     );
     assert_eq!(a.header("content-length").as_deref(), Some("123456"));
     assert_eq!(a.header("accept-ranges").as_deref(), Some("bytes"));
-    // HEAD: the same headers, no body.
-    let head = curl(&ep, "/install/deb/amd64/istio-sidecar.deb", &["-I"]);
-    assert_eq!(head.status, 200);
-    assert_eq!(head.header("etag"), a.header("etag"));
-    assert_eq!(head.header("content-length").as_deref(), Some("123456"));
+    // HEAD: the same headers, no body, over HTTP/2 (curl's choice with ALPN) and HTTP/1.1.
+    for version in ["--http2", "--http1.1"] {
+        let head = curl(
+            &ep,
+            "/install/deb/amd64/istio-sidecar.deb",
+            &["-I", version],
+        );
+        assert_eq!(head.status, 200, "{version}");
+        assert_eq!(head.header("etag"), a.header("etag"), "{version}");
+        assert_eq!(
+            head.header("content-length").as_deref(),
+            Some("123456"),
+            "{version}"
+        );
+        // `curl -I` writes the headers where the body would go: nothing else came.
+        assert_eq!(head.text(), head.headers, "{version}");
+    }
+    // A download over HTTP/1.1 as well.
+    let a1 = curl(&ep, "/install/deb/amd64/istio-sidecar.deb", &["--http1.1"]);
+    assert_eq!(a1.status, 200);
+    assert_eq!(a1.body, std::fs::read(&sidecar).unwrap());
 }
 
 #[test]
@@ -301,7 +335,11 @@ fn conditional_and_range_requests() {
         work.path(),
         &format!("curl -fsS -C - -O \"https://{}{path}\"", host(&ep)),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         std::fs::read(work.path().join("istio-sidecar.rpm")).unwrap(),
         bytes
@@ -329,7 +367,12 @@ fn conditional_and_range_requests() {
     let sum_tag = sum.header("etag").unwrap();
     assert_ne!(sum_tag, etag);
     assert_eq!(
-        curl(&ep, &format!("{path}.sha256"), &["-H", &format!("If-None-Match: {sum_tag}")]).status,
+        curl(
+            &ep,
+            &format!("{path}.sha256"),
+            &["-H", &format!("If-None-Match: {sum_tag}")]
+        )
+        .status,
         304
     );
     let part = curl(&ep, &format!("{path}.sha256"), &["-H", "Range: bytes=64-"]);
@@ -338,7 +381,11 @@ fn conditional_and_range_requests() {
 
     // A replaced file has new validators: the old ETag no longer gives 304.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(repo.join("rpm/amd64/istio-sidecar.rpm"), content(6, 100_000)).unwrap();
+    std::fs::write(
+        repo.join("rpm/amd64/istio-sidecar.rpm"),
+        content(6, 100_000),
+    )
+    .unwrap();
     let a = curl(&ep, path, &["-H", &format!("If-None-Match: {etag}")]);
     assert_eq!(a.status, 200);
     assert_eq!(a.body, content(6, 100_000));
@@ -391,11 +438,20 @@ fn traversal_links_and_unknown_paths_are_404() {
     assert!(a.text().contains("symbolic link"), "{}", a.text());
     // The query string is not part of the path; the real file is still served.
     assert_eq!(
-        curl(&ep, "/install/deb/amd64/onboarding-agent.deb?x=../../tls.key", &[]).body,
+        curl(
+            &ep,
+            "/install/deb/amd64/onboarding-agent.deb?x=../../tls.key",
+            &[]
+        )
+        .body,
         b"the package"
     );
     // Only GET and HEAD; nothing of the onboarding API answers here.
-    let a = curl(&ep, "/install/deb/amd64/onboarding-agent.deb", &["-X", "POST"]);
+    let a = curl(
+        &ep,
+        "/install/deb/amd64/onboarding-agent.deb",
+        &["-X", "POST"],
+    );
     assert_eq!(a.status, 405, "{}", a.text());
 }
 
@@ -406,13 +462,16 @@ fn a_missing_package_names_the_file_to_place_and_is_logged_once() {
         let a = curl(&ep, "/install/deb/arm64/istio-sidecar.deb", &[]);
         assert_eq!(a.status, 404);
         assert!(
-            a.text().contains("deb/arm64/istio-sidecar.deb")
-                && a.text().contains("must place"),
+            a.text().contains("deb/arm64/istio-sidecar.deb") && a.text().contains("must place"),
             "{}",
             a.text()
         );
     }
-    let a = curl(&ep, "/install/istio-sidecar/canary/deb/amd64/istio-sidecar.deb.sha256", &[]);
+    let a = curl(
+        &ep,
+        "/install/istio-sidecar/canary/deb/amd64/istio-sidecar.deb.sha256",
+        &[],
+    );
     assert_eq!(a.status, 404);
     assert!(
         a.text()
@@ -485,12 +544,23 @@ fn packages_are_streamed_not_read_into_memory() {
     };
     let before = peak();
     let out = Command::new("curl")
-        .args(["-fsS", "-o", "/dev/null", "-w", "%{size_download}", "--cacert"])
+        .args([
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--cacert",
+        ])
         .arg(ep.path("ca.pem"))
         .arg(format!("{}/install/deb/amd64/istio-sidecar.deb", ep.url))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), SIZE.to_string());
     let sum = curl(&ep, "/install/deb/amd64/istio-sidecar.deb.sha256", &[]);
     assert_eq!(sum.status, 200);
@@ -511,4 +581,50 @@ fn packages_are_streamed_not_read_into_memory() {
         .unwrap()
         .to_string();
     assert_eq!(sum.text(), format!("{want}  istio-sidecar.deb\n"));
+}
+
+/// A download that takes longer than the idle timeout (twice the request timeout) but keeps
+/// going is not cut: every chunk sent counts as activity for the idle watchdog. The reader
+/// is slow on purpose and the package larger than the loopback socket buffers, so the
+/// endpoint is still sending long after the 1 s timeout.
+#[test]
+fn a_slow_download_outlasts_the_idle_timeout() {
+    let (mut ep, repo) = with_repository();
+    ep.reconfigure(|t| {
+        t.replace(
+            "server: {maxBodyBytes: 8192}",
+            "server: {maxBodyBytes: 8192, requestTimeout: 1s}",
+        )
+    });
+    let bytes = content(7, 32 * 1024 * 1024);
+    put(&repo, "deb/amd64/istio-sidecar.deb", &bytes);
+    // About 5 MiB/s (curl 7.88's --limit-rate does not limit here).
+    const SLOW_READER: &str = "import sys, time\nwhile True:\n    b = sys.stdin.buffer.read(262144)\n    if not b:\n        break\n    sys.stdout.buffer.write(b)\n    time.sleep(0.05)\n";
+    std::fs::write(ep.path("slow.py"), SLOW_READER).unwrap();
+    for version in ["--http1.1", "--http2"] {
+        let work = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let out = sh(
+            &ep,
+            work.path(),
+            &format!(
+                "curl -fsS {version} \"{}/install/deb/amd64/istio-sidecar.deb\" | python3 {} > istio-sidecar.deb",
+                ep.url,
+                ep.path("slow.py").display()
+            ),
+        );
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{version} after {took:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            took > std::time::Duration::from_secs(3),
+            "{version}: {took:?}"
+        );
+        let got = std::fs::read(work.path().join("istio-sidecar.deb")).unwrap();
+        assert_eq!(got.len(), bytes.len(), "{version}: cut after {took:?}");
+        assert!(got == bytes, "{version}: the body differs");
+    }
 }

@@ -557,10 +557,27 @@ fn text(status: StatusCode, body: String) -> warp::reply::Response {
 
 pub const NOT_CONFIGURED: &str = "this onboarding endpoint has no local repository: set localRepository.directory in its configuration to serve packages under /install/ (docs/install.md)\n";
 
-/// The answer to `GET`/`HEAD /install/<tail>`. `repo` is `None` without `localRepository`.
-/// `progress` is told of every chunk sent, so a long download is not taken for an idle
-/// connection.
+/// The answer to `GET /install/<tail>`, or `HEAD` with `head`: the same status and headers
+/// (`Content-Length` included) with no body. hyper leaves out the body of a HEAD answer on
+/// HTTP/1.1 but would send it on HTTP/2, which clients refuse as a protocol error.
 pub async fn respond(
+    repo: Option<&Repository>,
+    tail: &str,
+    cond: &Conditions,
+    progress: Option<Progress>,
+    head: bool,
+) -> warp::reply::Response {
+    let r = answer(repo, tail, cond, progress).await;
+    if head {
+        let (parts, _) = r.into_parts();
+        return warp::reply::Response::from_parts(parts, Default::default());
+    }
+    r
+}
+
+/// `repo` is `None` without `localRepository`. `progress` is told of every chunk sent, so a
+/// long download is not taken for an idle connection.
+async fn answer(
     repo: Option<&Repository>,
     tail: &str,
     cond: &Conditions,

@@ -334,12 +334,14 @@ pub fn routes<S: Store>(
     // identity), no bearer read, nothing of the onboarding path involved.
     let install = warp::path("install")
         .and(warp::get().or(warp::head()).unify())
+        .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<Progress>())
         .and(with.clone())
         .then(
-            move |full: warp::path::FullPath,
+            move |method: http::Method,
+                  full: warp::path::FullPath,
                   headers: http::HeaderMap,
                   progress: Option<Progress>,
                   s: Arc<Service<S>>| {
@@ -349,7 +351,9 @@ pub fn routes<S: Store>(
                     // The raw path: `install::parse` sees every escape and refuses it.
                     let tail = full.as_str().strip_prefix("/install/").unwrap_or("");
                     let cond = install::Conditions::from_headers(&headers);
-                    let r = install::respond(repository.as_deref(), tail, &cond, progress).await;
+                    let head = method == http::Method::HEAD;
+                    let r =
+                        install::respond(repository.as_deref(), tail, &cond, progress, head).await;
                     s.metrics
                         .latency
                         .get_or_create(&RouteLabels {
