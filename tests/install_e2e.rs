@@ -628,3 +628,50 @@ fn a_slow_download_outlasts_the_idle_timeout() {
         assert!(got == bytes, "{version}: the body differs");
     }
 }
+
+/// packaging/kubernetes: the configuration's `localRepository.directory` is where the
+/// deployment mounts the `emptyDir` (read-only for the endpoint), and the init container
+/// fills that same volume. The configuration parses as the endpoint's.
+#[test]
+fn the_kubernetes_install_serves_the_volume_its_init_container_fills() {
+    let dir = repo().join("packaging/kubernetes");
+    let cm: serde_json::Value = serde_saphyr::from_str(&read(&dir.join("config.yaml"))).unwrap();
+    let text = cm["data"]["endpoint.yaml"].as_str().unwrap();
+    let cfg: workload_onboarding::endpoint::config::EndpointConfig =
+        serde_saphyr::from_str(text).unwrap();
+    let served = cfg.local_repository.expect("localRepository").directory;
+
+    let d: serde_json::Value = serde_saphyr::from_str(&read(&dir.join("deployment.yaml"))).unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["emptyDir"].is_object())
+        .expect("an emptyDir volume");
+    let mount = |c: &serde_json::Value| {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .cloned()
+            .unwrap_or_else(|| panic!("{} does not mount {}", c["name"], volume["name"]))
+    };
+    let endpoint = mount(&pod["containers"][0]);
+    assert_eq!(endpoint["mountPath"].as_str(), served.to_str());
+    assert_eq!(endpoint["readOnly"], true);
+    let init = &pod["initContainers"][0];
+    assert_eq!(mount(init)["mountPath"].as_str(), served.to_str());
+    let command: Vec<&str> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        command.last().map(|c| c.trim_end_matches('/')),
+        served.to_str(),
+        "the init container copies into the served directory"
+    );
+}
