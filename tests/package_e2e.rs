@@ -531,7 +531,12 @@ rm onboarding-agent.deb onboarding-agent.deb.sha256
         out.contains("onboarding-agent.deb: OK"),
         "sha256sum --check: {out}"
     );
-    let built = host(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"));
+    let built = host(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Version"),
+    );
     assert_eq!(
         h.sh_ok("dpkg-query -W -f '${Status} ${Version}' onboarding-agent"),
         format!("install ok installed {}", built.trim()),

@@ -400,7 +400,10 @@ impl Repository {
     /// file is opened with `O_NOFOLLOW` and must be a regular file: a link planted in the
     /// repository never leads the endpoint out of it. `O_NONBLOCK` keeps a FIFO from
     /// blocking the open (it is then refused as not a regular file). The configured
-    /// directory itself may be a link: the operator chose it.
+    /// directory itself may be a link: the operator chose it. The directories are checked
+    /// before the open walks them again, so swapping one for a link in between would
+    /// escape; only someone who can write the repository could do that, and that is the
+    /// operator, who decides what it serves anyway (the endpoint never writes there).
     async fn open_async(&self, rel: String) -> std::io::Result<Found> {
         // A few syscalls on a local directory, but they may block (NFS, a slow disk):
         // off the async workers.
