@@ -479,6 +479,89 @@ fn deb_installs_onboards_upgrades_removes_and_purges_under_systemd() {
 }
 
 /// `rpm` on the host with `args`, against the root `dir`.
+/// The install guide's commands verbatim inside the booted Debian root, downloading from
+/// the endpoint's local repository (docs/install.md) on the host: `curl -fLO` of the package
+/// and its `.sha256` (curl trusts the endpoint's CA through `CURL_CA_BUNDLE`, so the
+/// commands stay as written), `sha256sum --check`, `apt-get install -y
+/// ./onboarding-agent.deb` (as root, so without `sudo`, which minbase lacks), `rm`. The
+/// container is on the host network, so it reaches the endpoint on 127.0.0.1.
+#[test]
+fn deb_downloaded_from_the_endpoints_local_repository_installs_with_the_spec_commands() {
+    const TEST: &str = "package_e2e (deb from /install/)";
+    if !nspawn::available_or_skip(TEST) {
+        return;
+    }
+    let Some(deb) = package_or_skip(TEST, "deb") else {
+        return;
+    };
+    // build-packages.sh's install/ directory is the local repository layout as it is.
+    let repository = packages_dir().join("install");
+    let (tarball, _) = nspawn::cached_root();
+    let mut ep = Endpoint::start(Options::default());
+    ep.reconfigure(|t| {
+        format!(
+            "{t}localRepository: {{directory: '{}'}}\n",
+            repository.display()
+        )
+    });
+    let root = Root::extract(&tarball);
+    root.write("/root/endpoint-ca.pem", &ep.ca_pem, 0o644);
+    let name = format!("onboarding-repo-{}", std::process::id());
+    let ct = root.boot(&name, Duration::from_secs(90));
+    let h = Harness { ct, ep };
+
+    let endpoint = h.ep.url.trim_start_matches("https://").to_string();
+    let out = h.sh_ok(&format!(
+        r#"set -e
+cd /root
+export CURL_CA_BUNDLE=/root/endpoint-ca.pem DEBIAN_FRONTEND=noninteractive
+
+curl -fLO "https://{endpoint}/install/deb/amd64/onboarding-agent.deb"
+
+curl -fLO "https://{endpoint}/install/deb/amd64/onboarding-agent.deb.sha256"
+
+sha256sum --check onboarding-agent.deb.sha256
+
+apt-get install -y ./onboarding-agent.deb
+
+rm onboarding-agent.deb onboarding-agent.deb.sha256
+"#
+    ));
+    assert!(
+        out.contains("onboarding-agent.deb: OK"),
+        "sha256sum --check: {out}"
+    );
+    let built = host(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Version"),
+    );
+    assert_eq!(
+        h.sh_ok("dpkg-query -W -f '${Status} ${Version}' onboarding-agent"),
+        format!("install ok installed {}", built.trim()),
+        "installed from the downloaded file"
+    );
+    let version = h.sh_ok("onboarding-agent --version");
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")),
+        "onboarding-agent --version: {version}"
+    );
+    assert!(!h.exists("/root/onboarding-agent.deb"));
+    // A package the operator did not place: curl -f fails, and the answer names the file.
+    let missing = h.sh(&format!(
+        "cd /root && CURL_CA_BUNDLE=/root/endpoint-ca.pem curl -fLO \"https://{endpoint}/install/deb/amd64/istio-sidecar.deb\""
+    ));
+    assert!(!missing.ok(), "a missing package was downloaded");
+    let body = h.sh_ok(&format!(
+        "CURL_CA_BUNDLE=/root/endpoint-ca.pem curl -sS \"https://{endpoint}/install/deb/amd64/istio-sidecar.deb\""
+    ));
+    assert!(
+        body.contains("must place") && body.contains("deb/amd64/istio-sidecar.deb"),
+        "{body}"
+    );
+}
+
 fn rpm(dir: &Path, args: &[&str]) -> nspawn::Output {
     let mut cmd = Command::new("rpm");
     cmd.arg("--root").arg(dir).args(args);

@@ -663,6 +663,7 @@ async fn run_endpoint<S: Store>(
         request_timeout: cfg.server.request_timeout.as_std(),
         handshake_timeout: cfg.server.handshake_timeout.as_std(),
         max_connections: cfg.server.max_connections,
+        local_repository: cfg.local_repository.as_ref().map(|r| r.directory.clone()),
     };
 
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -55,6 +55,17 @@ pub struct EndpointConfig {
     pub server: ServerLimits,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Packages served under `/install/` (docs/install.md). Absent: `/install/` is 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_repository: Option<LocalRepository>,
+}
+
+/// `localRepository`: the directory whose `deb/`, `rpm/` and `istio-sidecar/` the endpoint
+/// serves under `/install/` (src/endpoint/install.rs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalRepository {
+    pub directory: PathBuf,
 }
 
 fn api_version() -> String {
@@ -517,11 +528,32 @@ impl EndpointConfig {
         let mut cfg: EndpointConfig = crate::yaml::from_str(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate().map_err(|message| ConfigError::Invalid {
-            message,
-            path: path.to_path_buf(),
-        })?;
+        cfg.validate()
+            .and_then(|()| cfg.check_local_repository())
+            .map_err(|message| ConfigError::Invalid {
+                message,
+                path: path.to_path_buf(),
+            })?;
         Ok(cfg)
+    }
+
+    /// The one check at load that looks at the disk: a repository directory that is not
+    /// there would make every download a 404, so the endpoint refuses to start instead.
+    fn check_local_repository(&self) -> Result<(), String> {
+        let Some(r) = &self.local_repository else {
+            return Ok(());
+        };
+        match std::fs::metadata(&r.directory) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!(
+                "localRepository.directory: {} is not a directory",
+                r.directory.display()
+            )),
+            Err(e) => Err(format!(
+                "localRepository.directory: {}: {e} (create it and place the packages there, docs/install.md)",
+                r.directory.display()
+            )),
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -530,6 +562,9 @@ impl EndpointConfig {
                 *p = base.join(&*p);
             }
         };
+        if let Some(r) = &mut self.local_repository {
+            fix(&mut r.directory);
+        }
         if let Some(t) = &mut self.tls {
             fix(&mut t.cert_file);
             fix(&mut t.key_file);
@@ -880,6 +915,42 @@ mod tests {
         let e = load_text("authentication:\n  aws:\n    ec2: {}\n    api: {secretAccessKey: x}\n")
             .unwrap_err();
         assert!(e.contains("secretAccessKey"), "{e}");
+    }
+
+    #[test]
+    fn local_repository_is_relative_to_the_config_and_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.yaml");
+        let write = |text: &str| {
+            std::fs::write(
+                &p,
+                format!("store:\n  file: {{configDir: c, stateDir: s}}\n{text}"),
+            )
+            .unwrap()
+        };
+        write("");
+        assert_eq!(EndpointConfig::load(&p).unwrap().local_repository, None);
+
+        write("localRepository: {directory: repo}\n");
+        let e = EndpointConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("localRepository.directory") && e.contains("repo"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("repo"), "a file").unwrap();
+        let e = EndpointConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::fs::remove_file(dir.path().join("repo")).unwrap();
+        std::fs::create_dir(dir.path().join("repo")).unwrap();
+        let c = EndpointConfig::load(&p).unwrap();
+        assert_eq!(
+            c.local_repository.unwrap().directory,
+            dir.path().join("repo")
+        );
+
+        write("localRepository: {}\n");
+        let e = EndpointConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("directory"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod dev_certs;
+pub mod install;
 pub mod metrics;
 pub mod plane;
 pub mod render;

@@ -22,6 +22,7 @@ use tower_service::Service as _;
 use warp::{Filter, Rejection, Reply};
 
 use super::cloud::{RequestSource, last_forwarded};
+use super::install::{self, Repository};
 use super::metrics::RouteLabels;
 use super::service::Service;
 use crate::api::protocol::{self, ApiError, ErrorCode};
@@ -38,6 +39,8 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// `localRepository.directory`: served under `/install/` (src/endpoint/install.rs).
+    pub local_repository: Option<std::path::PathBuf>,
 }
 
 /// Concurrent streams one HTTP/2 connection may carry. An agent makes one call at a time; the
@@ -90,6 +93,22 @@ impl Activity {
 }
 
 struct InFlight(Arc<Activity>);
+
+/// Attached to each request by the accept loop: a response body that streams for long
+/// (a package from the local repository) calls [`Progress::touch`] for every chunk it
+/// sends, so the idle watchdog counts a download that makes progress as activity. A
+/// client that stops reading stops the chunks, and its connection is closed like any
+/// idle one.
+#[derive(Clone)]
+pub struct Progress(Arc<Activity>);
+
+impl Progress {
+    pub fn touch(&self) {
+        if let Ok(mut s) = lock::lock(&self.0.state, ACTIVITY) {
+            s.1 = Instant::now();
+        }
+    }
+}
 
 const ACTIVITY: &str = "connection activity";
 
@@ -209,6 +228,7 @@ async fn timed<T: serde::Serialize>(
 pub fn routes<S: Store>(
     svc: Arc<Service<S>>,
     max_body: u64,
+    repository: Option<Arc<Repository>>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
     let with = {
         let svc = svc.clone();
@@ -310,6 +330,41 @@ pub fn routes<S: Store>(
                     .into_response()
             }
         });
+    // The local repository: unauthenticated (a VM downloads the agent before it has an
+    // identity), no bearer read, nothing of the onboarding path involved.
+    let install = warp::path("install")
+        .and(warp::get().or(warp::head()).unify())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<Progress>())
+        .and(with.clone())
+        .then(
+            move |method: http::Method,
+                  full: warp::path::FullPath,
+                  headers: http::HeaderMap,
+                  progress: Option<Progress>,
+                  s: Arc<Service<S>>| {
+                let repository = repository.clone();
+                async move {
+                    let t = Instant::now();
+                    // The raw path: `install::parse` sees every escape and refuses it.
+                    let tail = full.as_str().strip_prefix("/install/").unwrap_or("");
+                    let cond = install::Conditions::from_headers(&headers);
+                    let head = method == http::Method::HEAD;
+                    let r =
+                        install::respond(repository.as_deref(), tail, &cond, progress, head).await;
+                    s.metrics
+                        .latency
+                        .get_or_create(&RouteLabels {
+                            route: "install".into(),
+                        })
+                        .observe(t.elapsed().as_secs_f64());
+                    r
+                }
+            },
+        );
+
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with)
@@ -340,6 +395,8 @@ pub fn routes<S: Store>(
         .or(readyz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(install)
         .unify()
         .recover(recover)
         .unify()
@@ -393,7 +450,11 @@ pub async fn serve<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let filter = routes(svc, opts.max_body_bytes);
+    let repository = opts
+        .local_repository
+        .clone()
+        .map(|d| Arc::new(Repository::new(d)));
+    let filter = routes(svc, opts.max_body_bytes, repository);
     let warp_svc = warp::service(filter);
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     loop {
@@ -436,6 +497,7 @@ pub async fn serve<S: Store>(
                 let activity = activity.clone();
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
+                    req.extensions_mut().insert(Progress(activity.clone()));
                     let mut inner = warp_svc.clone();
                     let in_flight = activity.begin();
                     async move {

@@ -21,8 +21,9 @@ use sha2::Digest;
 pub const SUITE: &str = "bookworm";
 pub const VARIANT: &str = "minbase";
 /// What the root needs besides minbase: systemd as PID 1, D-Bus for systemctl's
-/// friends, iproute2 so the host's interfaces can be inspected from inside.
-pub const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2"];
+/// friends, iproute2 so the host's interfaces can be inspected from inside, curl for the
+/// install guide's downloads from the endpoint's local repository (tests/package_e2e.rs).
+pub const PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2", "curl"];
 /// The host packages this harness needs (and .ci/run installs).
 pub const HOST_PACKAGES: &str = "systemd-container debootstrap";
 
