@@ -630,8 +630,9 @@ fn a_slow_download_outlasts_the_idle_timeout() {
 }
 
 /// packaging/kubernetes: the configuration's `localRepository.directory` is where the
-/// deployment mounts the `emptyDir` (read-only for the endpoint), and the init container
-/// fills that same volume. The configuration parses as the endpoint's.
+/// deployment mounts the `emptyDir` (read-only for the endpoint), and the init container of
+/// the optional component `components/local-repository` fills that same volume. The
+/// configuration parses as the endpoint's.
 #[test]
 fn the_kubernetes_install_serves_the_volume_its_init_container_fills() {
     let dir = repo().join("packaging/kubernetes");
@@ -661,7 +662,15 @@ fn the_kubernetes_install_serves_the_volume_its_init_container_fills() {
     let endpoint = mount(&pod["containers"][0]);
     assert_eq!(endpoint["mountPath"].as_str(), served.to_str());
     assert_eq!(endpoint["readOnly"], true);
-    let init = &pod["initContainers"][0];
+    assert!(
+        pod["initContainers"].is_null(),
+        "the base needs no repository image: the init container is the component's"
+    );
+    let patch: serde_json::Value = serde_saphyr::from_str(&read(
+        &dir.join("components/local-repository/init-container.yaml"),
+    ))
+    .unwrap();
+    let init = &patch["spec"]["template"]["spec"]["initContainers"][0];
     assert_eq!(mount(init)["mountPath"].as_str(), served.to_str());
     let command: Vec<&str> = init["command"]
         .as_array()

@@ -373,6 +373,48 @@ fn packaged_manifests_apply_to_the_real_api_server() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
         "the pod name is the instance"
     );
+    assert!(
+        d["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "the base runs with the endpoint's image alone"
+    );
+
+    // An overlay as docs/install.md shows it: the local-repository component and its image.
+    let overlay = tempfile::tempdir().unwrap();
+    // Kustomize takes a base only by a relative path: up to / from the overlay, then down.
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let base = format!("{up}{}", dir.display().to_string().trim_start_matches('/'));
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\n\
+             components:\n- {base}/components/local-repository\nimages:\n\
+             - {{name: onboarding-repository, newName: registry.example/onboarding-repository, newTag: v1}}\n",
+        ),
+    )
+    .unwrap();
+    h.kubectl(&[
+        "apply",
+        "--server-side",
+        "-k",
+        overlay.path().to_str().unwrap(),
+    ]);
+    let d = h.kubectl_json(
+        &[
+            "-n",
+            ENDPOINT_NS,
+            "get",
+            "deployment",
+            "onboarding-endpoint",
+        ],
+        None,
+    );
+    let init = &d["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "repository");
+    assert_eq!(init["image"], "registry.example/onboarding-repository:v1");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"], c["image"],
+        "the component leaves the endpoint container as it was"
+    );
 }
 
 /// All WARs in the workload namespace, as the API server has them.
