@@ -84,9 +84,10 @@ for arch in $arches; do
             # Rust's aarch64 musl target brings its own musl libc.a and crt objects (rustup's
             # self-contained directory, linked because the target is static); Debian's cross
             # gcc only drives the linker (adding libgcc) and compiles ring's C and assembly.
+            # The wrapper makes the link static-pie, as amd64's is (see its comments).
             command -v aarch64-linux-gnu-gcc >/dev/null || apt_install gcc-aarch64-linux-gnu
             export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-            export "CARGO_TARGET_${target_env}_LINKER=aarch64-linux-gnu-gcc"
+            export "CARGO_TARGET_${target_env}_LINKER=$repo/packaging/aarch64-musl-static-pie-linker"
             ;;
     esac
 done
@@ -105,10 +106,15 @@ for arch in $arches; do
     bin_dir=$target_dir/$target/release-agent
     for b in onboarding-agent onboarding-agent-oidc-credential-plugin; do
         # Static: no program interpreter, no shared libraries (it must run on glibc 2.17
-        # distributions as on musl ones), and for the architecture it is packaged for.
+        # distributions as on musl ones); position independent (ELF type DYN: static-pie,
+        # loaded at a random address); and for the architecture it is packaged for.
         if readelf -lW "$bin_dir/$b" | grep -q 'Requesting program interpreter' \
             || readelf -dW "$bin_dir/$b" | grep -q '(NEEDED)'; then
             echo "build-packages: $bin_dir/$b is not static" >&2
+            exit 1
+        fi
+        if ! readelf -hW "$bin_dir/$b" | grep -q '^ *Type: *DYN'; then
+            echo "build-packages: $bin_dir/$b is not a static-pie executable ($(readelf -hW "$bin_dir/$b" | sed -n 's/^ *Type: *//p'))" >&2
             exit 1
         fi
         machine=$(readelf -hW "$bin_dir/$b" | sed -n 's/^ *Machine: *//p')

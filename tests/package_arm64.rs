@@ -5,8 +5,9 @@
 //!   `arm64`, the .rpm's `%{ARCH}` is `aarch64`, every `.sha256` passes `sha256sum --check`,
 //!   and both packages list the same files as their amd64 builds.
 //! - `arm64_agent_from_the_deb_is_a_static_aarch64_executable`: the binaries unpacked from
-//!   the .deb (`dpkg-deb -x`) are 64-bit little-endian ELF for `EM_AARCH64` with no program
-//!   interpreter and no shared library (read from the ELF headers, and `file` agrees).
+//!   the .deb (`dpkg-deb -x`) are 64-bit little-endian ELF for `EM_AARCH64`, static-pie (type
+//!   `ET_DYN`, no program interpreter, no shared library; read from the ELF headers, and
+//!   `file` agrees).
 //! - `arm64_agent_from_the_deb_onboards_under_qemu`: that agent under qemu: `--version`,
 //!   `--help`, the plugin's, a usage error and a configuration error (exit 2, naming the file
 //!   and the field), then a real onboarding over TLS against the endpoint on the host (ring's
@@ -255,8 +256,24 @@ fn arm64_packages_say_arm64_and_carry_what_amd64_does() {
     );
 }
 
-/// What the ELF headers say: (64-bit little-endian, machine, has PT_INTERP, has PT_DYNAMIC).
-fn elf_facts(bytes: &[u8]) -> Result<(bool, u16, bool, bool), String> {
+/// What the ELF headers say about an executable.
+#[derive(Debug, PartialEq, Eq)]
+struct Elf {
+    /// ELFCLASS64 and little endian (only such files are read further).
+    class64_le: bool,
+    /// e_type: 2 ET_EXEC (fixed address), 3 ET_DYN (PIE, static-pie or a shared library).
+    kind: u16,
+    machine: u16,
+    /// A PT_INTERP segment: the kernel loads a dynamic linker first.
+    interp: bool,
+    /// A PT_DYNAMIC segment (a static-pie has one for its own relocations).
+    dynamic: bool,
+}
+
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+
+fn elf_facts(bytes: &[u8]) -> Result<Elf, String> {
     let u16_at = |o: usize| {
         bytes
             .get(o..o + 2)
@@ -285,8 +302,15 @@ fn elf_facts(bytes: &[u8]) -> Result<(bool, u16, bool, bool), String> {
     // EI_CLASS 2 = ELFCLASS64, EI_DATA 1 = little endian.
     let class64_le = bytes.get(4) == Some(&2) && bytes.get(5) == Some(&1);
     if !class64_le {
-        return Ok((false, 0, false, false));
+        return Ok(Elf {
+            class64_le,
+            kind: 0,
+            machine: 0,
+            interp: false,
+            dynamic: false,
+        });
     }
+    let kind = u16_at(16)?;
     let machine = u16_at(18)?;
     let phoff = usize::try_from(u64_at(32)?).map_err(|e| e.to_string())?;
     let phentsize = usize::from(u16_at(54)?);
@@ -299,23 +323,40 @@ fn elf_facts(bytes: &[u8]) -> Result<(bool, u16, bool, bool), String> {
             _ => {}
         }
     }
-    Ok((true, machine, interp, dynamic))
+    Ok(Elf {
+        class64_le,
+        kind,
+        machine,
+        interp,
+        dynamic,
+    })
 }
 
 #[test]
 fn elf_facts_tell_the_host_binary_from_a_static_aarch64_one() {
-    // The test binary itself: an x86_64 (or whatever this host is) dynamic executable, so
-    // the parser is seen to tell machines and interpreters apart.
+    // The test binary itself: a dynamically linked (glibc) PIE for this host, so the parser
+    // is seen to tell machines and interpreters apart.
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let (ok, machine, interp, _) = elf_facts(&read_bytes(&exe)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(ok);
+    let elf = elf_facts(&read_bytes(&exe)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(elf.class64_le);
     if cfg!(target_arch = "x86_64") {
-        assert_eq!(machine, 62, "EM_X86_64");
+        assert_eq!(elf.machine, 62, "EM_X86_64");
     } else if cfg!(target_arch = "aarch64") {
-        assert_eq!(machine, EM_AARCH64);
+        assert_eq!(elf.machine, EM_AARCH64);
     }
-    assert!(interp, "the test binary is dynamically linked (glibc)");
+    assert!(
+        elf.interp && elf.dynamic,
+        "the test binary is dynamically linked: {elf:?}"
+    );
     assert!(elf_facts(b"#!/bin/sh\n").is_err());
+    // A fixed-address executable's header: e_type at 16, e_machine at 18, no segments.
+    let mut header = vec![0u8; 64];
+    header[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    header[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+    header[18..20].copy_from_slice(&EM_AARCH64.to_le_bytes());
+    let elf = elf_facts(&header).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((elf.kind, elf.machine), (ET_EXEC, EM_AARCH64));
+    assert!(!elf.interp && !elf.dynamic);
 }
 
 fn read_bytes(p: &Path) -> Vec<u8> {
@@ -337,22 +378,23 @@ fn arm64_agent_from_the_deb_is_a_static_aarch64_executable() {
         "onboarding-agent-oidc-credential-plugin",
     ] {
         let path = tree.path().join("usr/bin").join(b);
-        let (class64_le, machine, interp, dynamic) =
+        let elf =
             elf_facts(&read_bytes(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(class64_le, "{b}: not a 64-bit little-endian ELF");
-        assert_eq!(machine, EM_AARCH64, "{b}: e_machine");
+        assert!(elf.class64_le, "{b}: not a 64-bit little-endian ELF");
+        assert_eq!(elf.machine, EM_AARCH64, "{b}: e_machine");
         assert!(
-            !interp,
+            !elf.interp,
             "{b}: has a program interpreter (dynamically linked)"
         );
-        if dynamic {
-            // A static-pie has a dynamic section for its own relocations, but no library.
-            let d = run_ok(Command::new("readelf").arg("-dW").arg(&path));
-            assert!(!d.contains("(NEEDED)"), "{b} needs shared libraries:\n{d}");
-        }
+        // static-pie (packaging/aarch64-musl-static-pie-linker): position independent, so
+        // loaded at a random address, as the amd64 build.
+        assert_eq!(elf.kind, ET_DYN, "{b}: e_type (not static-pie)");
+        // Its dynamic section is for its own relocations: no library.
+        let d = run_ok(Command::new("readelf").arg("-dW").arg(&path));
+        assert!(!d.contains("(NEEDED)"), "{b} needs shared libraries:\n{d}");
         let file = run_ok(Command::new("file").arg("-b").arg(&path));
         assert!(
-            file.contains("ARM aarch64") && file.contains("statically linked"),
+            file.contains("ARM aarch64") && file.contains("static-pie linked"),
             "file {b}: {file}"
         );
         eprintln!(
