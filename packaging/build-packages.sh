@@ -2,7 +2,7 @@
 # Builds the onboarding-agent packages: one command, from a checkout, as root on Debian or as a
 # user who already has the tools.
 #
-#   packaging/build-packages.sh            # amd64 (ARCHES="amd64 arm64" for both)
+#   packaging/build-packages.sh            # amd64 and arm64 (ARCHES=amd64 for one)
 #
 # What it does (packaging/README.md has the details):
 #   1. the static agent and its OIDC credential plugin: profile release-agent, agent feature
@@ -22,7 +22,7 @@ CARGO_GENERATE_RPM_VERSION=0.21.1
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-arches=${ARCHES:-amd64}
+arches=${ARCHES:-amd64 arm64}
 started=$(date +%s)
 
 as_root() {
@@ -70,9 +70,10 @@ ensure_cargo_tool cargo-deb "$CARGO_DEB_VERSION" deb
 ensure_cargo_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" generate-rpm
 
 mkdir -p "$out"
+targets=()
 for arch in $arches; do
     target=$(rust_target "$arch")
-    rarch=$(rpm_arch "$arch")
+    targets+=(--target "$target")
     rustup target list --installed | grep -qx "$target" || rustup target add "$target"
     target_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
     case $arch in
@@ -80,36 +81,58 @@ for arch in $arches; do
             export CC_x86_64_unknown_linux_musl=musl-gcc
             ;;
         arm64)
-            # Rust's aarch64 musl target brings its own musl libc and crt objects; Debian's
-            # cross gcc is only the linker (and the C compiler for ring's few C files).
+            # Rust's aarch64 musl target brings its own musl libc.a and crt objects (rustup's
+            # self-contained directory, linked because the target is static); Debian's cross
+            # gcc only drives the linker (adding libgcc) and compiles ring's C and assembly.
+            # The wrapper makes the link static-pie, as amd64's is (see its comments).
             command -v aarch64-linux-gnu-gcc >/dev/null || apt_install gcc-aarch64-linux-gnu
             export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-            export "CARGO_TARGET_${target_env}_LINKER=aarch64-linux-gnu-gcc"
+            export "CARGO_TARGET_${target_env}_LINKER=$repo/packaging/aarch64-musl-static-pie-linker"
             ;;
     esac
+done
 
-    echo "== agent for $arch ($target, profile release-agent, agent feature only)"
-    t=$(date +%s)
-    cargo build --quiet --locked --profile release-agent --no-default-features --features agent \
-        --target "$target" --bin onboarding-agent --bin onboarding-agent-oidc-credential-plugin
+# One cargo run for every architecture: the host's build scripts and proc macros are built
+# once, and the long single-threaded LTO links of the targets run side by side.
+echo "== agent for $arches (${targets[*]}, profile release-agent, agent feature only)"
+t=$(date +%s)
+cargo build --quiet --locked --profile release-agent --no-default-features --features agent \
+    "${targets[@]}" --bin onboarding-agent --bin onboarding-agent-oidc-credential-plugin
+echo "built in $(( $(date +%s) - t ))s"
+
+for arch in $arches; do
+    target=$(rust_target "$arch")
+    rarch=$(rpm_arch "$arch")
     bin_dir=$target_dir/$target/release-agent
     for b in onboarding-agent onboarding-agent-oidc-credential-plugin; do
         # Static: no program interpreter, no shared libraries (it must run on glibc 2.17
-        # distributions as on musl ones).
+        # distributions as on musl ones); position independent (ELF type DYN: static-pie,
+        # loaded at a random address); and for the architecture it is packaged for.
         if readelf -lW "$bin_dir/$b" | grep -q 'Requesting program interpreter' \
             || readelf -dW "$bin_dir/$b" | grep -q '(NEEDED)'; then
             echo "build-packages: $bin_dir/$b is not static" >&2
             exit 1
         fi
+        if ! readelf -hW "$bin_dir/$b" | grep -q '^ *Type: *DYN'; then
+            echo "build-packages: $bin_dir/$b is not a static-pie executable ($(readelf -hW "$bin_dir/$b" | sed -n 's/^ *Type: *//p'))" >&2
+            exit 1
+        fi
+        machine=$(readelf -hW "$bin_dir/$b" | sed -n 's/^ *Machine: *//p')
+        case $arch:$machine in
+            amd64:*X86-64) ;;
+            arm64:AArch64) ;;
+            *) echo "build-packages: $bin_dir/$b is for $machine, not $arch" >&2; exit 1 ;;
+        esac
     done
-    echo "built in $(( $(date +%s) - t ))s: $(stat -c %s "$bin_dir/onboarding-agent") B agent, $(stat -c %s "$bin_dir/onboarding-agent-oidc-credential-plugin") B plugin"
+    echo "== $arch: $(stat -c %s "$bin_dir/onboarding-agent") B agent, $(stat -c %s "$bin_dir/onboarding-agent-oidc-credential-plugin") B plugin"
     # The size budget of the agent as shipped (issue 8): a stripped static binary of at most
-    # 4 MiB. The profile strips it already; a growth past the budget fails the build here.
+    # 4 MiB, on every architecture. The profile strips it already; a growth past the budget
+    # fails the build here.
     agent_bytes=$(stat -c %s "$bin_dir/onboarding-agent")
     budget=$((4 * 1024 * 1024))
-    echo "agent size: $agent_bytes B ($(awk -v b="$agent_bytes" 'BEGIN { printf "%.2f", b / 1048576 }') MiB) of a $budget B budget"
+    echo "agent size ($arch): $agent_bytes B ($(awk -v b="$agent_bytes" 'BEGIN { printf "%.2f", b / 1048576 }') MiB) of a $budget B budget"
     if [ "$agent_bytes" -gt "$budget" ]; then
-        echo "build-packages: the agent ($agent_bytes B) is over its 4 MiB budget" >&2
+        echo "build-packages: the $arch agent ($agent_bytes B) is over its 4 MiB budget" >&2
         exit 1
     fi
 

@@ -100,12 +100,15 @@ pub struct Meta {
 }
 
 impl Meta {
+    // The nlink cast is needed: nlink_t is u64 on x86_64 but u32 on aarch64 (the arm64
+    // package); clippy on x86_64 sees only the former.
+    #[allow(clippy::unnecessary_cast)]
     fn from_stat(st: &libc::stat) -> Meta {
         Meta {
             mode: st.st_mode,
             uid: st.st_uid,
             gid: st.st_gid,
-            nlink: st.st_nlink,
+            nlink: st.st_nlink as u64,
             size: st.st_size.max(0) as u64,
         }
     }

@@ -259,9 +259,20 @@ impl Agent {
 
     /// Starts a process on the directory (again, after `kill9` or `wait_exit`).
     pub fn spawn(&mut self) {
+        self.spawn_program(&[env!("CARGO_BIN_EXE_onboarding-agent").into()]);
+    }
+
+    /// `spawn` with another agent binary: `program[0]` runs with `program[1..]` before the
+    /// agent's own arguments (tests/package_arm64.rs: qemu-aarch64 and the packaged arm64
+    /// agent).
+    pub fn spawn_program(&mut self, program: &[std::ffi::OsString]) {
         let p = self.dir.path();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboarding-agent"));
+        let (first, rest) = program
+            .split_first()
+            .expect("spawn_program needs the program to run");
+        let mut cmd = Command::new(first);
         die_with_parent(&mut cmd)
+            .args(rest)
             .arg("--onboarding-config")
             .arg(p.join(ONBOARDING_CONFIG))
             .arg("--agent-config")

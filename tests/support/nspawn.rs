@@ -265,10 +265,17 @@ impl FileLock {
 /// The cached root tarball, built with debootstrap when it is not there yet. Returns the
 /// path and whether it was built now.
 pub fn cached_root() -> (PathBuf, bool) {
+    cached_root_of(SUITE, PACKAGES)
+}
+
+/// The cached `suite` root (minbase plus `packages`), built with debootstrap when it is not
+/// there yet (tests/package_distros.rs runs the agent in older Debian releases). A suite the
+/// machine's apt sources do not list is fetched from the mirror they use for bookworm.
+pub fn cached_root_of(suite: &str, packages: &[&str]) -> (PathBuf, bool) {
     reap_stale();
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let tarball = cached_root_path();
+    let tarball = dir.join(cache_key(suite, VARIANT, packages));
     let _lock = FileLock::acquire(&dir.join(".lock"));
     if tarball.is_file() {
         return (tarball, false);
@@ -276,16 +283,18 @@ pub fn cached_root() -> (PathBuf, bool) {
     let build = dir.join(format!("build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&build);
     let mut cmd = Command::new("debootstrap");
-    cmd.arg(format!("--variant={VARIANT}"))
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(SUITE)
-        .arg(&build);
-    let mirror = debian_mirror(&apt_sources(), SUITE);
+    cmd.arg(format!("--variant={VARIANT}"));
+    if !packages.is_empty() {
+        cmd.arg(format!("--include={}", packages.join(",")));
+    }
+    cmd.arg(suite).arg(&build);
+    let sources = apt_sources();
+    let mirror = debian_mirror(&sources, suite).or_else(|| debian_mirror(&sources, SUITE));
     if let Some(m) = &mirror {
         cmd.arg(m);
     }
     eprintln!(
-        "building the {SUITE} root with debootstrap (once; cached as {}), mirror {}",
+        "building the {suite} root with debootstrap (once; cached as {}), mirror {}",
         tarball.display(),
         mirror.as_deref().unwrap_or("debootstrap's default")
     );
