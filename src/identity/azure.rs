@@ -391,12 +391,7 @@ mod collect {
             base: base.to_string(),
             detail,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = crate::http_client::HttpClient::new(timeout).build();
         let mut req = agent
             .get(format!("{}{path}", base.trim_end_matches('/')))
             .header("Metadata", "true")

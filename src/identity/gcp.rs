@@ -2,9 +2,11 @@
 //!
 //! Agent: `GET <metadata>/computeMetadata/v1/instance/service-accounts/default/identity
 //! ?audience=<plane UID>&format=full` with `Metadata-Flavor: Google`.
-//! Endpoint: RS256 signature against Google's JWKS (inline, file or URI; cached, refetched
-//! on an unknown `kid` at most once per minimum interval), `iss`, `aud` = plane UID, `exp`
-//! and `iat` against the context's clock, and the `google.compute_engine` claims.
+//! Endpoint: RS256 signature against Google's JWKS (inline, file or `https://` URI), `iss`,
+//! `aud` = plane UID, `exp` and `iat` against the context's clock, and the
+//! `google.compute_engine` claims. Google's keys go through the JWT issuers' key fetcher and
+//! cache (`identity::jwt`): the same key-source rules (https only, a redirect cap, an RSA
+//! size floor) and the same refresh (on an unknown `kid`, rate-limited, and by age).
 
 use serde::Deserialize;
 
@@ -81,14 +83,14 @@ pub use verify::*;
 mod verify {
     use std::path::PathBuf;
 
-    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, Validation};
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
 
     use super::*;
     use crate::api::identity::GceIdentity;
     use crate::clock::unix;
+    use crate::identity::jwt::{JwksError, KeySet};
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -106,41 +108,23 @@ mod verify {
         pub jwks_uri: Option<String>,
     }
 
-    /// RS256 verification keys by `kid`.
-    #[derive(Clone, Default)]
-    pub struct GoogleKeys {
-        keys: Vec<(String, DecodingKey)>,
-    }
+    /// Google's signing keys: a JWKS parsed as any issuer's (RSA keys under 2048 bits and
+    /// keys for other uses are left out).
+    pub type GoogleKeys = KeySet;
 
-    impl std::fmt::Debug for GoogleKeys {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_list()
-                .entries(self.keys.iter().map(|(k, _)| k))
-                .finish()
-        }
-    }
-
-    impl GoogleKeys {
-        pub fn from_jwks_json(json: &str) -> Result<GoogleKeys, String> {
-            let set: JwkSet = serde_json::from_str(json).map_err(|e| format!("not a JWKS: {e}"))?;
-            let mut keys = Vec::new();
-            for jwk in &set.keys {
-                let (Some(kid), AlgorithmParameters::RSA(_)) = (&jwk.common.key_id, &jwk.algorithm)
-                else {
-                    continue;
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("kid {kid}: {e}"))?;
-                keys.push((kid.clone(), key));
-            }
-            if keys.is_empty() {
-                return Err("the JWKS has no RSA key with a kid".into());
-            }
-            Ok(GoogleKeys { keys })
-        }
-
-        pub fn has_kid(&self, kid: &str) -> bool {
-            self.keys.iter().any(|(k, _)| k == kid)
-        }
+    /// `authentication.gcp` cannot be used; the message names the field.
+    #[derive(Debug, thiserror::Error)]
+    pub enum GcpConfigError {
+        #[error("gcp: set only one of jwks, jwksFile, jwksUri")]
+        MoreThanOneSource,
+        #[error("gcp jwks: {0}")]
+        Jwks(JwksError),
+        #[error("gcp jwksFile {}: {detail}", path.display())]
+        JwksFile { path: PathBuf, detail: String },
+        #[error("gcp jwksUri: {0}")]
+        JwksUri(String),
+        #[error("gcp: CA file {0}")]
+        CaFile(String),
     }
 
     /// A verified token: the identity and what a single-use check needs.
@@ -169,16 +153,11 @@ mod verify {
     /// Verify a GCE identity token with `keys` for `ctx` (pure).
     pub fn verify_token(
         token: &str,
-        keys: &GoogleKeys,
+        keys: &KeySet,
         ctx: &VerifyContext,
     ) -> Result<VerifiedGcp, VerifyError> {
         let kid = token_kid(token)?;
-        let key = keys
-            .keys
-            .iter()
-            .find(|(k, _)| *k == kid)
-            .map(|(_, key)| key)
-            .ok_or_else(|| {
+        let key = keys.key(&kid, Algorithm::RS256).ok_or_else(|| {
                 VerifyError::InvalidSignature(format!("Google has no signing key with kid {kid:?}"))
             })?;
         let mut v = Validation::new(Algorithm::RS256);
@@ -290,109 +269,101 @@ mod verify {
     #[cfg(feature = "endpoint")]
     pub use fetch::*;
 
-    /// The shell: where Google's keys come from and their cache.
+    /// The shell: where Google's keys come from; the JWT issuers' fetcher and cache.
     #[cfg(feature = "endpoint")]
     mod fetch {
-        use std::path::PathBuf;
-        use std::sync::{Arc, Mutex};
-        use std::time::{Duration, Instant};
+        use std::path::Path;
+        use std::sync::Arc;
+        use std::time::Duration;
 
         use super::*;
+        use crate::identity::jwt::{
+            FileKeys, HttpKeys, KeyCache, RefreshPolicy, check_https_url, key_source_agent,
+        };
 
-        enum Source {
-            Inline,
-            File(PathBuf),
-            Uri(String, ureq::Agent),
+        /// Google's keys are refetched for an unknown `kid` at most once a minute (a stream
+        /// of junk tokens cannot make the endpoint hammer Google), after a failure with no
+        /// keys at most once a minute, and when they are an hour old.
+        pub fn google_refresh_policy() -> RefreshPolicy {
+            RefreshPolicy {
+                min_interval: Duration::from_secs(60),
+                retry_after_failure: Duration::from_secs(60),
+                ..RefreshPolicy::default()
+            }
         }
 
-        struct State {
-            keys: Option<GoogleKeys>,
-            last_fetch: Option<Instant>,
-        }
-
-        /// The endpoint's GCP verifier: keys cached, refreshed when a token names an unknown
-        /// `kid` (at most once per `min_refresh`, so a stream of junk tokens cannot make the
-        /// endpoint hammer Google). Cheap to clone.
+        /// The endpoint's GCP verifier: Google's keys cached, refreshed when a token names
+        /// an unknown `kid` and when they are old ([`google_refresh_policy`]). Cheap to clone.
         #[derive(Clone)]
         pub struct GcpVerifier {
-            source: Arc<Source>,
-            state: Arc<Mutex<State>>,
-            min_refresh: Duration,
+            keys: Arc<KeyCache>,
+            policy: RefreshPolicy,
+        }
+
+        impl std::fmt::Debug for GcpVerifier {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("GcpVerifier")
+                    .field("policy", &self.policy)
+                    .finish_non_exhaustive()
+            }
         }
 
         impl GcpVerifier {
-            pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, String> {
-                let (source, keys) = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
-                    (Some(inline), None, None) => {
-                        (Source::Inline, Some(GoogleKeys::from_jwks_json(inline)?))
-                    }
+            /// Loads inline and file keys now (a bad source fails at start); a URI is
+            /// fetched on first use.
+            pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, GcpConfigError> {
+                GcpVerifier::build(cfg, None, google_refresh_policy())
+            }
+
+            /// `ca_file` replaces the public roots for the URI (tests: a local HTTPS server).
+            pub(crate) fn build(
+                cfg: &GcpConfig,
+                ca_file: Option<&Path>,
+                policy: RefreshPolicy,
+            ) -> Result<GcpVerifier, GcpConfigError> {
+                const LABEL: &str = "Google";
+                let keys = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
+                    (Some(inline), None, None) => KeyCache::fixed(
+                        LABEL.into(),
+                        KeySet::from_jwks_json(inline).map_err(GcpConfigError::Jwks)?,
+                    ),
                     (None, Some(path), None) => {
+                        let file_error = |detail: String| GcpConfigError::JwksFile {
+                            path: path.clone(),
+                            detail,
+                        };
                         let text = std::fs::read_to_string(path)
-                            .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?;
-                        (
-                            Source::File(path.clone()),
-                            Some(
-                                GoogleKeys::from_jwks_json(&text)
-                                    .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?,
-                            ),
-                        )
+                            .map_err(|e| file_error(e.to_string()))?;
+                        let keys = KeySet::from_jwks_json(&text)
+                            .map_err(|e| file_error(e.to_string()))?;
+                        // Re-read when a token names an unknown kid (Google rotated).
+                        KeyCache::preloaded(LABEL.into(), Box::new(FileKeys(path.clone())), keys)
                     }
                     (None, None, uri) => {
                         let uri = uri.clone().unwrap_or_else(|| GOOGLE_JWKS_URI.to_string());
-                        let agent: ureq::Agent = ureq::Agent::config_builder()
-                            .timeout_global(Some(Duration::from_secs(10)))
-                            .http_status_as_error(false)
-                            .build()
-                            .into();
-                        (Source::Uri(uri, agent), None)
+                        check_https_url(&uri).map_err(GcpConfigError::JwksUri)?;
+                        let agent = key_source_agent(ca_file, policy.http_timeout)
+                            .map_err(|e| GcpConfigError::CaFile(e.to_string()))?;
+                        KeyCache::remote(LABEL.into(), Box::new(HttpKeys::jwks_uri(agent, uri)))
                     }
-                    _ => return Err("gcp: set only one of jwks, jwksFile, jwksUri".into()),
+                    _ => return Err(GcpConfigError::MoreThanOneSource),
                 };
                 Ok(GcpVerifier {
-                    source: Arc::new(source),
-                    state: Arc::new(Mutex::new(State {
-                        keys,
-                        last_fetch: None,
-                    })),
-                    min_refresh: Duration::from_secs(60),
+                    keys: Arc::new(keys),
+                    policy,
                 })
             }
 
+            /// Refetch for an unknown `kid`, and retry after a failure, at most this often.
             pub fn with_min_refresh(mut self, d: Duration) -> GcpVerifier {
-                self.min_refresh = d;
+                self.policy.min_interval = d;
+                self.policy.retry_after_failure = d;
                 self
             }
 
-            fn load(&self) -> Result<GoogleKeys, VerifyError> {
-                match &*self.source {
-                    Source::Inline => Err(VerifyError::InvalidSignature(
-                        "inline JWKS has no such kid".into(),
-                    )),
-                    Source::File(p) => std::fs::read_to_string(p)
-                        .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", p.display())))
-                        .and_then(|t| {
-                            GoogleKeys::from_jwks_json(&t).map_err(VerifyError::Unavailable)
-                        }),
-                    Source::Uri(uri, agent) => {
-                        let mut resp = agent
-                            .get(uri)
-                            .call()
-                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                        if resp.status() != 200 {
-                            return Err(VerifyError::Unavailable(format!(
-                                "GET {uri}: HTTP {}",
-                                resp.status()
-                            )));
-                        }
-                        let text = resp
-                            .body_mut()
-                            .with_config()
-                            .limit(1 << 20)
-                            .read_to_string()
-                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                        GoogleKeys::from_jwks_json(&text).map_err(VerifyError::Unavailable)
-                    }
-                }
+            /// How many times the keys were fetched (or the file re-read).
+            pub fn key_fetches(&self) -> u64 {
+                self.keys.attempts().unwrap_or(0)
             }
 
             /// Verify a token (blocking: may fetch keys; call from a blocking task).
@@ -401,29 +372,9 @@ mod verify {
                 token: &str,
                 ctx: &VerifyContext,
             ) -> Result<VerifiedGcp, VerifyError> {
+                // A malformed token or one not RS256 never causes a fetch.
                 let kid = token_kid(token)?;
-                let mut st = self
-                    .state
-                    .lock()
-                    .map_err(|_| VerifyError::Unavailable("key cache poisoned".into()))?;
-                let known = st.keys.as_ref().is_some_and(|k| k.has_kid(&kid));
-                let may_fetch = st
-                    .last_fetch
-                    .is_none_or(|t| t.elapsed() >= self.min_refresh);
-                if !known && may_fetch && !matches!(*self.source, Source::Inline) {
-                    st.last_fetch = Some(Instant::now());
-                    match self.load() {
-                        Ok(keys) => st.keys = Some(keys),
-                        Err(e) if st.keys.is_none() => return Err(e),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "refreshing Google's keys failed; keeping the cached ones")
-                        }
-                    }
-                }
-                let keys = st.keys.clone().ok_or_else(|| {
-                    VerifyError::Unavailable("Google's keys are not loaded yet".into())
-                })?;
-                drop(st);
+                let keys = self.keys.keys_for(Some(&kid), &self.policy)?;
                 verify_token(token, &keys, ctx)
             }
         }
@@ -456,12 +407,7 @@ mod collect {
             base: base.to_string(),
             detail,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = crate::http_client::HttpClient::new(timeout).build();
         let url = format!(
             "{}/computeMetadata/v1/instance/service-accounts/default/identity",
             base.trim_end_matches('/')

@@ -101,12 +101,7 @@ pub fn profile_name_from_arn(arn: &str) -> Option<&str> {
 
 impl AwsApi {
     pub fn new(cfg: AwsApiConfig) -> AwsApi {
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = crate::http_client::HttpClient::new(Duration::from_secs(10)).build();
         AwsApi { cfg, http }
     }
 

@@ -126,12 +126,7 @@ mod collect {
     pub struct EcsCollectError(pub String);
 
     fn agent(timeout: Duration) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into()
+        crate::http_client::HttpClient::new(timeout).build()
     }
 
     fn get_json(
@@ -337,12 +332,7 @@ mod forward {
         use std::time::Duration;
 
         check_request(req, cfg, audience)?;
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = crate::http_client::HttpClient::new(Duration::from_secs(10)).build();
         let mut r = http.post(&req.url);
         for (k, v) in &req.headers {
             if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("content-length") {

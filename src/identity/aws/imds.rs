@@ -24,12 +24,7 @@ pub struct Ec2Credential {
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+    crate::http_client::HttpClient::new(timeout).build()
 }
 
 /// An IMDSv2 session token.

@@ -191,7 +191,7 @@ pub fn validate_issuers(
     Ok(out)
 }
 
-pub(super) fn check_https_url(s: &str) -> Result<(), String> {
+pub(crate) fn check_https_url(s: &str) -> Result<(), String> {
     let Some(rest) = s.strip_prefix("https://") else {
         return Err(format!("{s:?} must be an https:// URL"));
     };
