@@ -535,4 +535,187 @@ mod tests {
         no_gce.gce = None;
         assert!(matches(&all, &no_gce).unwrap_err().contains("GCE"));
     }
+
+    /// Google's key source: the JWT issuers' rules and cache, over real files and a local
+    /// HTTPS server.
+    #[cfg(feature = "endpoint")]
+    mod key_source {
+        use std::time::{Duration, SystemTime};
+
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use serde_json::{Value, json};
+
+        use super::*;
+        use crate::http_client::test_server::{json as json_answer, redirect, serve};
+        use crate::identity::jwt::RefreshPolicy;
+        use crate::identity::{VerifyContext, VerifyError};
+
+        const JWKS: &str = include_str!("../../testdata/jwt/jwks.json");
+        const RSA_KEY: &str = include_str!("../../testdata/jwt/trusted-rs256.key.pem");
+        const PLANE: &str = "plane-uid-1";
+
+        fn now() -> u64 {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_secs()
+        }
+
+        fn token(kid: &str) -> String {
+            let iat = now();
+            let claims = json!({
+                "iss": "https://accounts.google.com", "aud": PLANE, "iat": iat, "exp": iat + 3600,
+                "email": "sa@gcp-example.iam.gserviceaccount.com",
+                "google": {"compute_engine": {
+                    "project_id": "gcp-example", "project_number": 234567890121u64,
+                    "zone": "us-central1-a", "instance_id": "693197132356332126",
+                    "instance_name": "vm-1"}},
+            });
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.to_owned());
+            let key = EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).expect("test RSA key");
+            jsonwebtoken::encode(&header, &claims, &key).expect("signing")
+        }
+
+        fn ctx() -> VerifyContext {
+            VerifyContext {
+                audience: PLANE.into(),
+                now: SystemTime::now(),
+                peer_ip: None,
+            }
+        }
+
+        /// The test JWKS without its RSA key (only the ES256 one is left).
+        fn without_rsa() -> String {
+            let mut doc: Value = serde_json::from_str(JWKS).expect("jwks");
+            doc["keys"].as_array_mut().expect("keys").remove(0);
+            doc.to_string()
+        }
+
+        fn uri_config(uri: String) -> GcpConfig {
+            GcpConfig {
+                jwks_uri: Some(uri),
+                ..Default::default()
+            }
+        }
+
+        #[test]
+        fn key_source_must_be_https() {
+            let e = GcpVerifier::new(&uri_config("http://127.0.0.1:1/certs".into()))
+                .expect_err("http:// key source");
+            assert!(matches!(e, GcpConfigError::JwksUri(_)), "{e}");
+            assert!(e.to_string().contains("https://"), "{e}");
+        }
+
+        #[test]
+        fn keys_come_over_https_through_at_most_three_redirects() {
+            // One redirect (the certs moved) is followed.
+            let moved = serve(true, |line, own| {
+                if line.contains("/certs") {
+                    json_answer(JWKS)
+                } else {
+                    redirect(&format!("{own}certs"))
+                }
+            });
+            let v = GcpVerifier::build(
+                &uri_config(format!("{}oauth2/v3", moved.url)),
+                moved.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let verified = v.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            assert_eq!(verified.identity.project_id, "gcp-example");
+            assert_eq!(moved.requests().len(), 2);
+
+            // A redirect loop stops after the cap.
+            let looping = serve(true, |_, own| redirect(own));
+            let v = GcpVerifier::build(
+                &uri_config(looping.url.clone()),
+                looping.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let e = v.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(
+                matches!(&e, VerifyError::Unavailable(m) if m.contains("too many redirects")),
+                "{e}"
+            );
+            assert_eq!(looping.requests().len(), 4, "the first request and 3 redirects");
+
+            // A redirect to http:// is not followed.
+            let downgrade = serve(true, |_, _| redirect("http://127.0.0.1:9/certs"));
+            let v = GcpVerifier::build(
+                &uri_config(downgrade.url.clone()),
+                downgrade.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let e = v.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(
+                matches!(&e, VerifyError::Unavailable(m) if m.contains("https only")),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn rsa_keys_under_2048_bits_are_not_trusted() {
+            let mut doc: Value = serde_json::from_str(JWKS).expect("jwks");
+            let short = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                [0xc5u8; 128],
+            );
+            doc["keys"][0]["n"] = json!(short);
+            doc["keys"][0]["kid"] = json!("short");
+            let only_short = json!({"keys": [doc["keys"][0].clone()]}).to_string();
+            let e = GcpVerifier::new(&GcpConfig {
+                jwks: Some(only_short),
+                ..Default::default()
+            })
+            .expect_err("no usable key");
+            assert!(e.to_string().contains("1024 bits is too short"), "{e}");
+            // Beside a usable key, the short one is left out: a token naming it fails.
+            let v = GcpVerifier::new(&GcpConfig {
+                jwks: Some(doc.to_string()),
+                ..Default::default()
+            })
+            .expect("the ES256 key is usable");
+            let e = v.verify(&token("short"), &ctx()).unwrap_err();
+            assert!(matches!(e, VerifyError::InvalidSignature(_)), "{e}");
+        }
+
+        #[test]
+        fn keys_are_refetched_when_old_so_withdrawn_keys_stop_working() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("google-jwks.json");
+            std::fs::write(&path, JWKS).expect("write");
+            let cfg = GcpConfig {
+                jwks_file: Some(path.clone()),
+                ..Default::default()
+            };
+            // Fresh keys that know the kid are not refetched.
+            let fresh = GcpVerifier::new(&cfg).expect("config");
+            fresh.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            assert_eq!(fresh.key_fetches(), 0);
+
+            let aging = GcpVerifier::build(
+                &cfg,
+                None,
+                RefreshPolicy {
+                    max_age: Duration::ZERO,
+                    min_interval: Duration::ZERO,
+                    ..google_refresh_policy()
+                },
+            )
+            .expect("config");
+            aging.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            assert_eq!(aging.key_fetches(), 1, "old keys are refetched");
+            // Google withdrew the RSA key: once the cached set is old, it is no longer trusted.
+            std::fs::write(&path, without_rsa()).expect("write");
+            let e = aging.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(matches!(e, VerifyError::InvalidSignature(_)), "{e}");
+            assert_eq!(aging.key_fetches(), 2);
+            // The fresh verifier still has the key cached (it refreshes by age, an hour).
+            fresh.verify(&token("trusted-rs256"), &ctx()).expect("cached");
+        }
+    }
 }
