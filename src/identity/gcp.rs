@@ -554,11 +554,8 @@ mod tests {
         const RSA_KEY: &str = include_str!("../../testdata/jwt/trusted-rs256.key.pem");
         const PLANE: &str = "plane-uid-1";
 
-        fn now() -> u64 {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_secs()
+        fn now() -> i64 {
+            crate::clock::unix(SystemTime::now())
         }
 
         fn token(kid: &str) -> String {

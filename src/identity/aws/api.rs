@@ -136,10 +136,7 @@ impl AwsApi {
             .collect::<Vec<_>>()
             .join("&");
         let ctype = "application/x-www-form-urlencoded; charset=utf-8";
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::clock::unix(SystemTime::now());
         let signed = sigv4::sign(
             "POST",
             &host,

@@ -18,8 +18,9 @@ pub const AUDIENCE_HEADER: &str = "x-onboarding-audience";
 pub const GET_CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
 /// The signed request the agent sends (`Credential::AwsEcs.signedRequest`). Unknown fields
-/// are refused, as in the rest of the credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// are refused, as in the rest of the credential. `Debug` hides the values of the headers
+/// that are credentials (the signature, the session token).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedStsRequest {
     pub method: String,
@@ -27,6 +28,35 @@ pub struct SignedStsRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+/// Headers whose value lets whoever holds it act as the task (until the signature expires).
+const SECRET_HEADERS: [&str; 2] = ["authorization", "x-amz-security-token"];
+
+impl std::fmt::Debug for SignedStsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (
+                    k.as_str(),
+                    if secret {
+                        crate::secret::REDACTED
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("SignedStsRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// `arn:<partition>:sts::<account>:assumed-role/<role>/<session>`.
@@ -372,6 +402,24 @@ mod forward {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_hides_the_signature_and_the_session_token() {
+        let req = super::SignedStsRequest {
+            method: "POST".into(),
+            url: "https://sts.us-east-1.amazonaws.com/".into(),
+            headers: vec![
+                ("Authorization".into(), "AWS4-HMAC-SHA256 Signature=deadbeef".into()),
+                ("X-Amz-Security-Token".into(), "SESSION-TOKEN-123".into()),
+                ("x-onboarding-audience".into(), "plane-1".into()),
+            ],
+            body: super::GET_CALLER_IDENTITY_BODY.into(),
+        };
+        let shown = format!("{req:?} {req:#?}");
+        assert!(!shown.contains("deadbeef"), "{shown}");
+        assert!(!shown.contains("SESSION-TOKEN-123"), "{shown}");
+        assert!(shown.contains("x-onboarding-audience") && shown.contains("plane-1"), "{shown}");
+    }
+
     use super::*;
 
     #[test]

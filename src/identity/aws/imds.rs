@@ -16,11 +16,35 @@ pub struct ImdsError {
     pub detail: String,
 }
 
-/// What the agent sends as `Credential::AwsEc2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the agent sends as `Credential::AwsEc2`. `Debug` hides the signature: with it the
+/// document is a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Ec2Credential {
     pub document: String,
     pub rsa2048: String,
+}
+
+impl std::fmt::Debug for Ec2Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2Credential")
+            .field("document", &self.document)
+            .field("rsa2048", &crate::secret::REDACTED)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_hides_the_signature() {
+        let c = super::Ec2Credential {
+            document: "{\"instanceId\":\"i-1\"}".into(),
+            rsa2048: "MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkq".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("MIAGCSqGSIb3"), "{shown}");
+        assert!(shown.contains("i-1"), "{shown}");
+    }
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {

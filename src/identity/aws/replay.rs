@@ -174,10 +174,7 @@ pub fn check_max_age(
     now: SystemTime,
     max_age: Option<Duration>,
 ) -> Result<(), ReplayError> {
-    let now = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix(now);
     if pending_time - now > PENDING_TIME_SKEW.as_secs() as i64 {
         return Err(ReplayError::FromTheFuture((pending_time - now) as u64));
     }
