@@ -11,6 +11,7 @@
 use serde::Deserialize;
 
 use crate::api::identity::GcpIdentity;
+use crate::policy::Mismatch;
 use crate::api::policy::GcpIdentityMatcher;
 use crate::identity::aws::listed;
 
@@ -39,25 +40,25 @@ pub fn region_of(zone: &str) -> &str {
 /// In the style of the aws matcher: `projects` is required (project IDs or numbers; an
 /// empty list matches nothing), `regions` and `zones` narrow, and `gce` narrows to GCE
 /// instances by service account e-mail and instance name.
-pub fn matches(m: &GcpIdentityMatcher, id: &GcpIdentity) -> Result<(), String> {
+pub fn matches(m: &GcpIdentityMatcher, id: &GcpIdentity) -> Result<(), Mismatch> {
     if m.projects.is_empty() {
-        return Err("the gcp matcher lists no projects".into());
+        return Err(Mismatch("the gcp matcher lists no projects".into()));
     }
     if !m
         .projects
         .iter()
         .any(|p| p == "*" || *p == id.project_id || *p == id.project_number)
     {
-        return Err(format!(
+        return Err(Mismatch(format!(
             "project {:?} ({}) is not one of {:?}",
             id.project_id, id.project_number, m.projects
-        ));
+        )));
     }
     listed("region", &m.regions, &id.region)?;
     listed("zone", &m.zones, &id.zone)?;
     if let Some(g) = &m.gce {
         let Some(gce) = &id.gce else {
-            return Err("the matcher is for GCE instances, this is not one".into());
+            return Err(Mismatch("the matcher is for GCE instances, this is not one".into()));
         };
         listed("service account", &g.service_accounts, &gce.service_account)?;
         listed("instance name", &g.instance_names, &gce.instance_name)?;
@@ -90,7 +91,7 @@ mod verify {
     use super::*;
     use crate::api::identity::GceIdentity;
     use crate::clock::unix;
-    use crate::identity::jwt::{JwksError, KeySet};
+    use crate::identity::jwt::{JwksError, KeySet, UrlError};
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -122,7 +123,7 @@ mod verify {
         #[error("gcp jwksFile {}: {detail}", path.display())]
         JwksFile { path: PathBuf, detail: String },
         #[error("gcp jwksUri: {0}")]
-        JwksUri(String),
+        JwksUri(UrlError),
         #[error("gcp: CA file {0}")]
         CaFile(String),
     }

@@ -56,6 +56,15 @@ pub struct GetCredentialResponse {
     pub expires_at: Option<String>,
 }
 
+/// A plugin's credential that the agent cannot send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableCredential {
+    #[error("{} without a non-empty \"token\" string", JWT_CREDENTIAL_TYPE)]
+    JwtWithoutToken,
+    #[error("credential type {found:?} is not supported (supported: {})", JWT_CREDENTIAL_TYPE)]
+    Type { found: String },
+}
+
 /// A `google.protobuf.Any` in its JSON form: `@type` plus the message's fields inline.
 /// `Debug` names the fields but never shows their values (a token is a credential).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -89,19 +98,17 @@ impl AnyCredential {
     }
 
     /// The credential the agent sends to the endpoint.
-    pub fn into_credential(self) -> Result<Credential, String> {
+    pub fn into_credential(self) -> Result<Credential, UnusableCredential> {
         match self.type_url.as_str() {
             JWT_CREDENTIAL_TYPE => match self.fields.get("token") {
                 Some(Value::String(token)) if !token.trim().is_empty() => Ok(Credential::Jwt {
                     token: token.trim().to_owned(),
                 }),
-                _ => Err(format!(
-                    "{JWT_CREDENTIAL_TYPE} without a non-empty \"token\" string"
-                )),
+                _ => Err(UnusableCredential::JwtWithoutToken),
             },
-            other => Err(format!(
-                "credential type {other:?} is not supported (supported: {JWT_CREDENTIAL_TYPE})"
-            )),
+            other => Err(UnusableCredential::Type {
+                found: other.to_owned(),
+            }),
         }
     }
 }
@@ -324,7 +331,10 @@ pub fn parse_credential_reply(
                 .ok_or_else(|| bad(format!("expiresAt {text:?} is not an RFC 3339 time")))?,
         ),
     };
-    let credential = response.credential.into_credential().map_err(bad)?;
+    let credential = response
+        .credential
+        .into_credential()
+        .map_err(|e| bad(e.to_string()))?;
     Ok(PluginCredential {
         credential,
         expires_at,

@@ -99,22 +99,35 @@ pub fn parse_task_arn(arn: &str) -> Option<(String, String, String)> {
     Some((region.into(), cluster.into(), task.into()))
 }
 
+/// The task metadata does not fit the task STS vouched for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskMetadataError {
+    #[error("the task metadata has no TaskARN")]
+    NoTaskArn,
+    #[error("{0:?} is not a task ARN")]
+    NotATaskArn(String),
+    #[error(
+        "the task metadata names task {task_id}, but STS vouches for session {session} (ECS names a task role's session after its task)"
+    )]
+    OtherTask { task_id: String, session: String },
+}
+
 /// Build the identity from STS's answer and the (unsigned) task metadata.
 pub fn identity_from(
     assumed: &AssumedRole,
     task_metadata: Option<&serde_json::Value>,
-) -> Result<AwsIdentity, String> {
+) -> Result<AwsIdentity, TaskMetadataError> {
     let task_arn = task_metadata
         .and_then(|m| m.get("TaskARN"))
         .and_then(|v| v.as_str())
-        .ok_or("the task metadata has no TaskARN")?;
-    let (region, cluster_from_arn, task_id) =
-        parse_task_arn(task_arn).ok_or_else(|| format!("{task_arn:?} is not a task ARN"))?;
+        .ok_or(TaskMetadataError::NoTaskArn)?;
+    let (region, cluster_from_arn, task_id) = parse_task_arn(task_arn)
+        .ok_or_else(|| TaskMetadataError::NotATaskArn(task_arn.to_owned()))?;
     if task_id != assumed.session {
-        return Err(format!(
-            "the task metadata names task {task_id}, but STS vouches for session {} (ECS names a task role's session after its task)",
-            assumed.session
-        ));
+        return Err(TaskMetadataError::OtherTask {
+            task_id,
+            session: assumed.session.clone(),
+        });
     }
     let cluster = task_metadata
         .and_then(|m| m.get("Cluster"))
@@ -396,7 +409,7 @@ mod forward {
                 "STS says the caller is {arn}, not an assumed role (an ECS task role)"
             ))
         })?;
-        identity_from(&assumed, task_metadata).map_err(VerifyError::Invalid)
+        identity_from(&assumed, task_metadata).map_err(|e| VerifyError::Invalid(e.to_string()))
     }
 }
 
@@ -448,6 +461,7 @@ mod tests {
         assert!(
             identity_from(&a, Some(&other))
                 .unwrap_err()
+                .to_string()
                 .contains("task-2")
         );
         assert!(identity_from(&a, None).is_err());

@@ -60,7 +60,7 @@ pub enum FetchError {
     #[error("{url} has no jwks_uri")]
     NoJwksUri { url: String },
     #[error("{url}: jwks_uri {problem}")]
-    BadJwksUri { url: String, problem: String },
+    BadJwksUri { url: String, problem: UrlError },
     #[error("{}: {detail}", path.display())]
     ReadFile { path: PathBuf, detail: String },
     #[error("{origin}: {error}")]
