@@ -177,9 +177,7 @@ impl HttpClient {
             b = b.proxy(None);
         }
         if let Some(n) = self.max_idle {
-            b = b
-                .max_idle_connections(n)
-                .max_idle_connections_per_host(n);
+            b = b.max_idle_connections(n).max_idle_connections_per_host(n);
         }
         b.build()
     }
@@ -213,7 +211,12 @@ mod tests {
             pem_certificates(key_only.as_bytes()).err(),
             Some(PemError::NoCertificate)
         );
-        assert_eq!(pem_certificates(cert_pem().as_bytes()).map(|c| c.len()).ok(), Some(1));
+        assert_eq!(
+            pem_certificates(cert_pem().as_bytes())
+                .map(|c| c.len())
+                .ok(),
+            Some(1)
+        );
     }
 
     #[test]
@@ -236,7 +239,11 @@ mod tests {
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, cert_pem()).expect("write");
         assert_eq!(read_ca_file(&good).expect("one certificate").len(), 1);
-        assert!(HttpClient::new(Duration::from_secs(1)).ca_file(None).is_ok());
+        assert!(
+            HttpClient::new(Duration::from_secs(1))
+                .ca_file(None)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -263,7 +270,10 @@ mod tests {
     fn https_only_refuses_plain_http() {
         let server = serve(false, |_, own| redirect(own));
         let agent = HttpClient::new(Duration::from_secs(5)).https_only().build();
-        let e = agent.get(&server.url).call().expect_err("http:// is refused");
+        let e = agent
+            .get(&server.url)
+            .call()
+            .expect_err("http:// is refused");
         assert!(matches!(e, ureq::Error::RequireHttpsOnly(_)), "{e}");
         assert!(server.requests().is_empty(), "nothing was sent");
 
@@ -334,14 +344,13 @@ pub(crate) mod test_server {
         let (tx, rx) = channel();
         let mut ca_file = None;
         let tls_config = if tls {
-            let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])
-                .expect("certificate");
+            let ck =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("certificate");
             let path = dir.path().join("ca.pem");
             std::fs::write(&path, ck.cert.pem()).expect("write CA");
             ca_file = Some(path);
-            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-                ck.signing_key.serialize_der().into(),
-            );
+            let key =
+                rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
             let config = rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))

@@ -100,8 +100,8 @@ impl CloudAuth {
                         detail,
                     };
                     let pem = std::fs::read(&c.file).map_err(|e| cert_error(e.to_string()))?;
-                    let certs = cms::certificates_from_pem(&pem)
-                        .map_err(|e| cert_error(e.to_string()))?;
+                    let certs =
+                        cms::certificates_from_pem(&pem).map_err(|e| cert_error(e.to_string()))?;
                     let form = match c.form {
                         Ec2SignatureForm::Rsa2048 => SignatureForm::Rsa2048,
                         Ec2SignatureForm::Pkcs7 => SignatureForm::Pkcs7Dsa,

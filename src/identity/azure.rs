@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::identity::AzureIdentity;
-use crate::policy::Mismatch;
 use crate::api::policy::AzureIdentityMatcher;
 use crate::identity::aws::listed;
+use crate::policy::Mismatch;
 
 /// The identity part of a WAR name: `azure-<subscription>-<resource-group>-vm-<vm-id>`.
 pub fn name_part(id: &AzureIdentity) -> String {

@@ -11,9 +11,9 @@
 use serde::Deserialize;
 
 use crate::api::identity::GcpIdentity;
-use crate::policy::Mismatch;
 use crate::api::policy::GcpIdentityMatcher;
 use crate::identity::aws::listed;
+use crate::policy::Mismatch;
 
 /// The issuers Google uses for identity tokens.
 pub const ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
@@ -58,7 +58,9 @@ pub fn matches(m: &GcpIdentityMatcher, id: &GcpIdentity) -> Result<(), Mismatch>
     listed("zone", &m.zones, &id.zone)?;
     if let Some(g) = &m.gce {
         let Some(gce) = &id.gce else {
-            return Err(Mismatch("the matcher is for GCE instances, this is not one".into()));
+            return Err(Mismatch(
+                "the matcher is for GCE instances, this is not one".into(),
+            ));
         };
         listed("service account", &g.service_accounts, &gce.service_account)?;
         listed("instance name", &g.instance_names, &gce.instance_name)?;
@@ -159,8 +161,8 @@ mod verify {
     ) -> Result<VerifiedGcp, VerifyError> {
         let kid = token_kid(token)?;
         let key = keys.key(&kid, Algorithm::RS256).ok_or_else(|| {
-                VerifyError::InvalidSignature(format!("Google has no signing key with kid {kid:?}"))
-            })?;
+            VerifyError::InvalidSignature(format!("Google has no signing key with kid {kid:?}"))
+        })?;
         let mut v = Validation::new(Algorithm::RS256);
         v.validate_exp = false;
         v.validate_nbf = false;
@@ -333,10 +335,10 @@ mod verify {
                             path: path.clone(),
                             detail,
                         };
-                        let text = std::fs::read_to_string(path)
-                            .map_err(|e| file_error(e.to_string()))?;
-                        let keys = KeySet::from_jwks_json(&text)
-                            .map_err(|e| file_error(e.to_string()))?;
+                        let text =
+                            std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+                        let keys =
+                            KeySet::from_jwks_json(&text).map_err(|e| file_error(e.to_string()))?;
                         // Re-read when a token names an unknown kid (Google rotated).
                         KeyCache::preloaded(LABEL.into(), Box::new(FileKeys(path.clone())), keys)
                     }
@@ -638,7 +640,11 @@ mod tests {
                 matches!(&e, VerifyError::Unavailable(m) if m.contains("too many redirects")),
                 "{e}"
             );
-            assert_eq!(looping.requests().len(), 4, "the first request and 3 redirects");
+            assert_eq!(
+                looping.requests().len(),
+                4,
+                "the first request and 3 redirects"
+            );
 
             // A redirect to http:// is not followed.
             let downgrade = serve(true, |_, _| redirect("http://127.0.0.1:9/certs"));
@@ -692,7 +698,9 @@ mod tests {
             };
             // Fresh keys that know the kid are not refetched.
             let fresh = GcpVerifier::new(&cfg).expect("config");
-            fresh.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            fresh
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("verifies");
             assert_eq!(fresh.key_fetches(), 0);
 
             let aging = GcpVerifier::build(
@@ -705,7 +713,9 @@ mod tests {
                 },
             )
             .expect("config");
-            aging.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            aging
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("verifies");
             assert_eq!(aging.key_fetches(), 1, "old keys are refetched");
             // Google withdrew the RSA key: once the cached set is old, it is no longer trusted.
             std::fs::write(&path, without_rsa()).expect("write");
@@ -713,7 +723,9 @@ mod tests {
             assert!(matches!(e, VerifyError::InvalidSignature(_)), "{e}");
             assert_eq!(aging.key_fetches(), 2);
             // The fresh verifier still has the key cached (it refreshes by age, an hour).
-            fresh.verify(&token("trusted-rs256"), &ctx()).expect("cached");
+            fresh
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("cached");
         }
     }
 }

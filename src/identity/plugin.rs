@@ -61,7 +61,10 @@ pub struct GetCredentialResponse {
 pub enum UnusableCredential {
     #[error("{} without a non-empty \"token\" string", JWT_CREDENTIAL_TYPE)]
     JwtWithoutToken,
-    #[error("credential type {found:?} is not supported (supported: {})", JWT_CREDENTIAL_TYPE)]
+    #[error(
+        "credential type {found:?} is not supported (supported: {})",
+        JWT_CREDENTIAL_TYPE
+    )]
     Type { found: String },
 }
 
@@ -353,7 +356,10 @@ pub struct PluginReply {
 impl std::fmt::Debug for PluginReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginReply")
-            .field("stdout", &format_args!("<{} bytes redacted>", self.stdout.len()))
+            .field(
+                "stdout",
+                &format_args!("<{} bytes redacted>", self.stdout.len()),
+            )
             .field("stderr", &self.stderr)
             .finish()
     }

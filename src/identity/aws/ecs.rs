@@ -421,7 +421,10 @@ mod tests {
             method: "POST".into(),
             url: "https://sts.us-east-1.amazonaws.com/".into(),
             headers: vec![
-                ("Authorization".into(), "AWS4-HMAC-SHA256 Signature=deadbeef".into()),
+                (
+                    "Authorization".into(),
+                    "AWS4-HMAC-SHA256 Signature=deadbeef".into(),
+                ),
                 ("X-Amz-Security-Token".into(), "SESSION-TOKEN-123".into()),
                 ("x-onboarding-audience".into(), "plane-1".into()),
             ],
@@ -430,7 +433,10 @@ mod tests {
         let shown = format!("{req:?} {req:#?}");
         assert!(!shown.contains("deadbeef"), "{shown}");
         assert!(!shown.contains("SESSION-TOKEN-123"), "{shown}");
-        assert!(shown.contains("x-onboarding-audience") && shown.contains("plane-1"), "{shown}");
+        assert!(
+            shown.contains("x-onboarding-audience") && shown.contains("plane-1"),
+            "{shown}"
+        );
     }
 
     use super::*;

@@ -12,8 +12,8 @@
 //! - [`sigv4`]: AWS Signature Version 4 (both halves).
 
 use crate::api::identity::{AwsIdentity, WorkloadIdentity};
-use crate::policy::Mismatch;
 use crate::api::policy::AwsIdentityMatcher;
+use crate::policy::Mismatch;
 
 #[cfg(feature = "endpoint")]
 pub mod api;
@@ -83,7 +83,9 @@ pub(crate) fn listed(field: &str, allowed: &[String], value: &str) -> Result<(),
     if allowed.is_empty() || allowed.iter().any(|a| a == "*" || a == value) {
         Ok(())
     } else {
-        Err(Mismatch(format!("{field} {value:?} is not one of {allowed:?}")))
+        Err(Mismatch(format!(
+            "{field} {value:?} is not one of {allowed:?}"
+        )))
     }
 }
 
@@ -103,8 +105,12 @@ pub fn matches(m: &AwsIdentityMatcher, id: &AwsIdentity) -> Result<(), Mismatch>
     listed("region", &m.regions, &id.region)?;
     listed("zone", &m.zones, &id.zone)?;
     match (&m.ec2, &m.ecs, &id.ec2, &id.ecs) {
-        (Some(_), _, None, _) => Err(Mismatch("the matcher is for EC2 instances, this is not one".into())),
-        (_, Some(_), _, None) => Err(Mismatch("the matcher is for ECS tasks, this is not one".into())),
+        (Some(_), _, None, _) => Err(Mismatch(
+            "the matcher is for EC2 instances, this is not one".into(),
+        )),
+        (_, Some(_), _, None) => Err(Mismatch(
+            "the matcher is for ECS tasks, this is not one".into(),
+        )),
         (Some(em), _, Some(e), _) => role_listed(&em.iam_role_names, e.iam_role.as_ref()),
         (_, Some(cm), _, Some(c)) => {
             listed("ECS cluster", &cm.clusters, &c.cluster)?;

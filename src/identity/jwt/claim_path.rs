@@ -26,7 +26,9 @@ impl ClaimPath {
     pub fn parse(path: &str) -> Result<ClaimPath, ClaimPathError> {
         let rest = path.strip_prefix('$').unwrap_or(path);
         if !path.starts_with(['$', '.']) {
-            return Err(ClaimPathError(format!("{path:?} must start with `.` or `$`")));
+            return Err(ClaimPathError(format!(
+                "{path:?} must start with `.` or `$`"
+            )));
         }
         let mut members = Vec::new();
         let mut rest = rest;
@@ -52,10 +54,14 @@ impl ClaimPath {
                 };
                 let body = &after[1..];
                 let Some(close) = body.find(quote) else {
-                    return Err(ClaimPathError(format!("{path:?}: unterminated quoted member")));
+                    return Err(ClaimPathError(format!(
+                        "{path:?}: unterminated quoted member"
+                    )));
                 };
                 let Some(next) = body[close + 1..].strip_prefix(']') else {
-                    return Err(ClaimPathError(format!("{path:?}: expected `]` after the quoted member")));
+                    return Err(ClaimPathError(format!(
+                        "{path:?}: expected `]` after the quoted member"
+                    )));
                 };
                 if close == 0 {
                     return Err(ClaimPathError(format!("{path:?}: empty member name")));

@@ -180,10 +180,8 @@ impl FetchKeys for HttpKeys {
             Locate::JwksUri(uri) => uri.clone(),
             Locate::Discovery { issuer } => self.discover_jwks_uri(issuer)?,
         };
-        KeySet::from_jwks_json(&self.get(&uri)?).map_err(|error| FetchError::Keys {
-            origin: uri,
-            error,
-        })
+        KeySet::from_jwks_json(&self.get(&uri)?)
+            .map_err(|error| FetchError::Keys { origin: uri, error })
     }
 }
 

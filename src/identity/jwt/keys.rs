@@ -129,7 +129,8 @@ enum Skip {
 }
 
 fn verifying_key(entry: &Value) -> Result<VerifyingKey, Skip> {
-    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| Skip::NotJwk(e.to_string()))?;
+    let jwk: Jwk =
+        serde_json::from_value(entry.clone()).map_err(|e| Skip::NotJwk(e.to_string()))?;
     match &jwk.common.public_key_use {
         None | Some(PublicKeyUse::Signature) => {}
         Some(other) => return Err(Skip::NotSigning(format!("{other:?}"))),
