@@ -410,6 +410,7 @@ pub(crate) mod test_server {
     }
 
     /// A 200 response with a JSON body.
+    #[cfg(feature = "endpoint")]
     pub(crate) fn json(body: &str) -> String {
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -33,20 +33,6 @@ impl std::fmt::Debug for Ec2Credential {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn debug_hides_the_signature() {
-        let c = super::Ec2Credential {
-            document: "{\"instanceId\":\"i-1\"}".into(),
-            rsa2048: "MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkq".into(),
-        };
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("MIAGCSqGSIb3"), "{shown}");
-        assert!(shown.contains("i-1"), "{shown}");
-    }
-}
-
 fn agent(timeout: Duration) -> ureq::Agent {
     crate::http_client::HttpClient::new(timeout).build()
 }
@@ -116,4 +102,18 @@ pub fn fetch_identity(base: &str, timeout: Duration) -> Result<Ec2Credential, Im
             timeout,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_hides_the_signature() {
+        let c = super::Ec2Credential {
+            document: "{\"instanceId\":\"i-1\"}".into(),
+            rsa2048: "MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkq".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("MIAGCSqGSIb3"), "{shown}");
+        assert!(shown.contains("i-1"), "{shown}");
+    }
 }
