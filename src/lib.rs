@@ -12,6 +12,8 @@ pub mod bootstrap;
 pub mod clock;
 #[cfg(feature = "endpoint")]
 pub mod endpoint;
+#[cfg(any(feature = "endpoint", feature = "agent"))]
+pub mod http_client;
 pub mod identity;
 pub mod lock;
 pub mod policy;

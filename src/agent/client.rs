@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -26,6 +26,7 @@ use crate::api::protocol::{
     UnregisterResponse,
 };
 use crate::api::registration::Registration;
+use crate::http_client::{HttpClient, pem_certificates};
 
 /// Per-request limit; the API's bodies are a few kilobytes.
 const MAX_BODY: u64 = 4 * 1024 * 1024;
@@ -153,24 +154,7 @@ pub fn transport(
 
 /// Certificates from a PEM text; an error names where the text came from.
 pub fn parse_certs(origin: &str, pem: &str) -> Result<Vec<Certificate<'static>>, ClientError> {
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(pem.as_bytes()) {
-        match item {
-            Ok(PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(ClientError::TlsSetup(format!(
-                    "{origin}: not valid PEM: {e}"
-                )));
-            }
-        }
-    }
-    if certs.is_empty() {
-        return Err(ClientError::TlsSetup(format!(
-            "{origin}: no CERTIFICATE block found"
-        )));
-    }
-    Ok(certs)
+    pem_certificates(pem.as_bytes()).map_err(|e| ClientError::TlsSetup(format!("{origin}: {e}")))
 }
 
 fn system_roots() -> Option<(String, Vec<Certificate<'static>>)> {
@@ -260,18 +244,17 @@ impl Client {
                 tls.root_certs(RootCerts::new_with_certs(&roots))
             };
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
+        let config = HttpClient::new(REQUEST_TIMEOUT)
             // Proxies from the environment would bypass the sni resolver and the loopback
             // rule of tests; the endpoint is reached directly.
-            .proxy(None)
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // ureq's default, kept from before the shared builder.
+            .max_redirects(10)
             .user_agent(format!("onboarding-agent/{}", super::VERSION))
             .max_idle_connections(1)
-            .max_idle_connections_per_host(1)
-            .tls_config(tls.build())
-            .build();
+            .tls(tls.build())
+            .config();
         let agent = match &t.connect_to {
             Some((host, port)) => ureq::Agent::with_parts(
                 config,

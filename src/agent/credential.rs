@@ -329,16 +329,12 @@ impl CredentialProvider for EcsTask {
                 ));
             }
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::clock::unix(std::time::SystemTime::now());
         let signed =
             aws::ecs::sign_get_caller_identity(&creds, &e.sts_url, &e.sts_region, audience, now)
                 .map_err(|err| cloud_err("aws-ecs", err))?;
         Ok(Credential::AwsEcs {
-            signed_request: serde_json::to_value(&signed)
-                .map_err(|err| cloud_err("aws-ecs", err))?,
+            signed_request: signed,
             task_metadata,
         })
     }

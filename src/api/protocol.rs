@@ -63,7 +63,7 @@ pub enum Credential {
     /// A pre-signed STS GetCallerIdentity request made with an ECS task role.
     #[serde(rename_all = "camelCase")]
     AwsEcs {
-        signed_request: serde_json::Value,
+        signed_request: crate::identity::aws::ecs::SignedStsRequest,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_metadata: Option<serde_json::Value>,
     },
@@ -503,7 +503,12 @@ mod debug_tests {
             token: "eyJ.secret-token.sig".into(),
         };
         let ecs = Credential::AwsEcs {
-            signed_request: serde_json::json!({"headers": [["authorization", "AWS4 sig=abc123"]]}),
+            signed_request: crate::identity::aws::ecs::SignedStsRequest {
+                method: "POST".into(),
+                url: "https://sts.us-east-1.amazonaws.com/".into(),
+                headers: vec![("authorization".into(), "AWS4 sig=abc123".into())],
+                body: String::new(),
+            },
             task_metadata: None,
         };
         for (c, secret) in [(jwt, "secret-token"), (ecs, "abc123")] {

@@ -10,12 +10,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use workload_onboarding::http_client::{CaFileError, HttpClient};
 use workload_onboarding::secret::Secret;
 
 use workload_onboarding::identity::plugin::{
@@ -414,39 +414,25 @@ fn form_urlencode(s: &str) -> String {
 }
 
 fn http_agent(config: &Config) -> Result<ureq::Agent, Status> {
-    let mut tls = ureq::tls::TlsConfig::builder();
-    if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            fail(
-                code::FAILED_PRECONDITION,
-                format!("cannot read OIDC_CA_FILE {}: {e}", path.display()),
-            )
-        })?;
-        let roots: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
-                _ => None,
-            })
-            .collect();
-        if roots.is_empty() {
-            return Err(fail(
-                code::FAILED_PRECONDITION,
-                format!("OIDC_CA_FILE {} holds no PEM certificate", path.display()),
-            ));
-        }
-        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)));
-    }
-    Ok(ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .https_only(true)
-        .http_status_as_error(false)
-        .timeout_global(Some(HTTP_TIMEOUT))
+    let client = HttpClient::new(HTTP_TIMEOUT)
+        .https_only()
+        // ureq's default, kept from before the shared builder.
+        .max_redirects(10)
         .user_agent(concat!(
             "onboarding-agent-oidc-credential-plugin/",
             env!("CARGO_PKG_VERSION")
         ))
-        .build()
-        .into())
+        .ca_file(config.ca_file.as_deref())
+        .map_err(|e| {
+            let message = match &e {
+                CaFileError::Read { path, source } => {
+                    format!("cannot read OIDC_CA_FILE {}: {source}", path.display())
+                }
+                _ => format!("OIDC_CA_FILE {e}"),
+            };
+            fail(code::FAILED_PRECONDITION, message)
+        })?;
+    Ok(client.build())
 }
 
 fn unreachable(what: &str, e: impl std::fmt::Display) -> Status {

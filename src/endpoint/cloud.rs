@@ -59,13 +59,31 @@ impl Default for CloudAuth {
     }
 }
 
+/// `authentication` names something that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudConfigError {
+    #[error("authentication.aws.ec2.certificates[{index}]: {}: {detail}", path.display())]
+    Ec2Certificate {
+        index: usize,
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    /// The AWS API's settings (their resolution words the message).
+    #[error("{0}")]
+    AwsApi(String),
+    #[error("authentication.gcp: {0}")]
+    Gcp(#[from] crate::identity::gcp::GcpConfigError),
+    #[error("authentication.azure: {0}")]
+    Azure(#[from] crate::identity::azure::AzureTrustError),
+}
+
 impl CloudAuth {
     /// Build from the configuration; reads certificate files and, for the AWS API, the
     /// credentials (from `env` or the configured file).
     pub fn from_config(
         cfg: &AuthenticationConfig,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<CloudAuth, String> {
+    ) -> Result<CloudAuth, CloudConfigError> {
         let mut out = CloudAuth {
             one_session_per_host: cfg.one_session_per_host,
             ..CloudAuth::default()
@@ -76,18 +94,14 @@ impl CloudAuth {
                 trust.allow_signature = e.allow_signature;
                 trust.allow_pkcs7_dsa = e.allow_pkcs7_dsa;
                 for (i, c) in e.certificates.iter().enumerate() {
-                    let pem = std::fs::read(&c.file).map_err(|err| {
-                        format!(
-                            "authentication.aws.ec2.certificates[{i}]: {}: {err}",
-                            c.file.display()
-                        )
-                    })?;
-                    let certs = cms::certificates_from_pem(&pem).map_err(|err| {
-                        format!(
-                            "authentication.aws.ec2.certificates[{i}]: {}: {err}",
-                            c.file.display()
-                        )
-                    })?;
+                    let cert_error = |detail: String| CloudConfigError::Ec2Certificate {
+                        index: i,
+                        path: c.file.clone(),
+                        detail,
+                    };
+                    let pem = std::fs::read(&c.file).map_err(|e| cert_error(e.to_string()))?;
+                    let certs =
+                        cms::certificates_from_pem(&pem).map_err(|e| cert_error(e.to_string()))?;
                     let form = match c.form {
                         Ec2SignatureForm::Rsa2048 => SignatureForm::Rsa2048,
                         Ec2SignatureForm::Pkcs7 => SignatureForm::Pkcs7Dsa,
@@ -96,7 +110,9 @@ impl CloudAuth {
                     trust.add(form, c.region.trim(), certs);
                 }
                 let api = match &aws.api {
-                    Some(a) => Some(Arc::new(AwsApi::new(a.resolve(env)?))),
+                    Some(a) => Some(Arc::new(AwsApi::new(
+                        a.resolve(env).map_err(CloudConfigError::AwsApi)?,
+                    ))),
                     None => None,
                 };
                 out.ec2 = Some(Ec2Auth {
@@ -110,11 +126,10 @@ impl CloudAuth {
             out.ecs = aws.ecs.clone();
         }
         if let Some(g) = &cfg.gcp {
-            out.gcp = Some(GcpVerifier::new(g).map_err(|e| format!("authentication.gcp: {e}"))?);
+            out.gcp = Some(GcpVerifier::new(g)?);
         }
         if let Some(a) = &cfg.azure {
-            out.azure =
-                Some(AzureTrust::from_config(a).map_err(|e| format!("authentication.azure: {e}"))?);
+            out.azure = Some(AzureTrust::from_config(a)?);
         }
         Ok(out)
     }

@@ -261,9 +261,7 @@ impl<S: Store> Service<S> {
                     .ecs
                     .clone()
                     .ok_or_else(|| unsupported("aws-ecs"))?;
-                let req: crate::identity::aws::ecs::SignedStsRequest =
-                    serde_json::from_value(signed_request.clone())
-                        .map_err(|e| VerifyError::Malformed(format!("signedRequest: {e}")))?;
+                let req = signed_request.clone();
                 let meta = task_metadata.clone();
                 let audience = ctx.audience.clone();
                 let identity = blocking(move || {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::identity::AzureIdentity;
 use crate::api::policy::AzureIdentityMatcher;
 use crate::identity::aws::listed;
+use crate::policy::Mismatch;
 
 /// The identity part of a WAR name: `azure-<subscription>-<resource-group>-vm-<vm-id>`.
 pub fn name_part(id: &AzureIdentity) -> String {
@@ -27,9 +28,9 @@ pub fn name_part(id: &AzureIdentity) -> String {
 /// VM's unsigned instance metadata (checked against the signed vmId and subscription), so
 /// they separate VMs an operator controls, not VMs that lie (see docs/identity.md).
 /// Resource group names compare case-insensitively, as Azure treats them.
-pub fn matches(m: &AzureIdentityMatcher, id: &AzureIdentity) -> Result<(), String> {
+pub fn matches(m: &AzureIdentityMatcher, id: &AzureIdentity) -> Result<(), Mismatch> {
     if m.subscriptions.is_empty() {
-        return Err("the azure matcher lists no subscriptions".into());
+        return Err(Mismatch("the azure matcher lists no subscriptions".into()));
     }
     listed("subscription", &m.subscriptions, &id.subscription)?;
     if !m.resource_groups.is_empty()
@@ -38,15 +39,15 @@ pub fn matches(m: &AzureIdentityMatcher, id: &AzureIdentity) -> Result<(), Strin
             .iter()
             .any(|g| g == "*" || g.eq_ignore_ascii_case(&id.resource_group))
     {
-        return Err(format!(
+        return Err(Mismatch(format!(
             "resource group {:?} is not one of {:?}",
             id.resource_group, m.resource_groups
-        ));
+        )));
     }
     listed("location", &m.locations, &id.location)?;
     if let Some(c) = &m.compute {
         let Some(compute) = &id.compute else {
-            return Err("the matcher is for VMs, this is not one".into());
+            return Err(Mismatch("the matcher is for VMs, this is not one".into()));
         };
         listed("VM name", &c.names, &compute.name)?;
     }
@@ -160,22 +161,34 @@ mod verify {
         pub allowed_domains: Vec<String>,
     }
 
+    /// `authentication.azure` cannot be used; the message names the file.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum AzureTrustError {
+        #[error("{}: {detail}", path.display())]
+        File { path: PathBuf, detail: String },
+        #[error("azure: rootCertificates is empty")]
+        NoRoots,
+    }
+
     impl AzureTrust {
-        pub fn from_config(cfg: &AzureConfig) -> Result<AzureTrust, String> {
-            let load = |paths: &[PathBuf]| -> Result<Vec<Certificate>, String> {
+        pub fn from_config(cfg: &AzureConfig) -> Result<AzureTrust, AzureTrustError> {
+            let load = |paths: &[PathBuf]| -> Result<Vec<Certificate>, AzureTrustError> {
                 let mut out = Vec::new();
                 for p in paths {
-                    let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    let file_error = |detail: String| AzureTrustError::File {
+                        path: p.clone(),
+                        detail,
+                    };
+                    let pem = std::fs::read(p).map_err(|e| file_error(e.to_string()))?;
                     out.extend(
-                        cms::certificates_from_pem(&pem)
-                            .map_err(|e| format!("{}: {e}", p.display()))?,
+                        cms::certificates_from_pem(&pem).map_err(|e| file_error(e.to_string()))?,
                     );
                 }
                 Ok(out)
             };
             let roots = load(&cfg.root_certificates)?;
             if roots.is_empty() {
-                return Err("azure: rootCertificates is empty".into());
+                return Err(AzureTrustError::NoRoots);
             }
             Ok(AzureTrust {
                 roots,
@@ -391,12 +404,7 @@ mod collect {
             base: base.to_string(),
             detail,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = crate::http_client::HttpClient::new(timeout).build();
         let mut req = agent
             .get(format!("{}{path}", base.trim_end_matches('/')))
             .header("Metadata", "true")

@@ -61,13 +61,9 @@ impl Default for MetadataAddresses {
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_connect(Some(timeout))
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
+    crate::http_client::HttpClient::new(timeout)
+        .connect_timeout(timeout)
         .build()
-        .into()
 }
 
 fn probe(p: Platform, a: &MetadataAddresses) -> bool {

@@ -2,15 +2,18 @@
 //!
 //! Agent: `GET <metadata>/computeMetadata/v1/instance/service-accounts/default/identity
 //! ?audience=<plane UID>&format=full` with `Metadata-Flavor: Google`.
-//! Endpoint: RS256 signature against Google's JWKS (inline, file or URI; cached, refetched
-//! on an unknown `kid` at most once per minimum interval), `iss`, `aud` = plane UID, `exp`
-//! and `iat` against the context's clock, and the `google.compute_engine` claims.
+//! Endpoint: RS256 signature against Google's JWKS (inline, file or `https://` URI), `iss`,
+//! `aud` = plane UID, `exp` and `iat` against the context's clock, and the
+//! `google.compute_engine` claims. Google's keys go through the JWT issuers' key fetcher and
+//! cache (`identity::jwt`): the same key-source rules (https only, a redirect cap, an RSA
+//! size floor) and the same refresh (on an unknown `kid`, rate-limited, and by age).
 
 use serde::Deserialize;
 
 use crate::api::identity::GcpIdentity;
 use crate::api::policy::GcpIdentityMatcher;
 use crate::identity::aws::listed;
+use crate::policy::Mismatch;
 
 /// The issuers Google uses for identity tokens.
 pub const ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
@@ -37,25 +40,27 @@ pub fn region_of(zone: &str) -> &str {
 /// In the style of the aws matcher: `projects` is required (project IDs or numbers; an
 /// empty list matches nothing), `regions` and `zones` narrow, and `gce` narrows to GCE
 /// instances by service account e-mail and instance name.
-pub fn matches(m: &GcpIdentityMatcher, id: &GcpIdentity) -> Result<(), String> {
+pub fn matches(m: &GcpIdentityMatcher, id: &GcpIdentity) -> Result<(), Mismatch> {
     if m.projects.is_empty() {
-        return Err("the gcp matcher lists no projects".into());
+        return Err(Mismatch("the gcp matcher lists no projects".into()));
     }
     if !m
         .projects
         .iter()
         .any(|p| p == "*" || *p == id.project_id || *p == id.project_number)
     {
-        return Err(format!(
+        return Err(Mismatch(format!(
             "project {:?} ({}) is not one of {:?}",
             id.project_id, id.project_number, m.projects
-        ));
+        )));
     }
     listed("region", &m.regions, &id.region)?;
     listed("zone", &m.zones, &id.zone)?;
     if let Some(g) = &m.gce {
         let Some(gce) = &id.gce else {
-            return Err("the matcher is for GCE instances, this is not one".into());
+            return Err(Mismatch(
+                "the matcher is for GCE instances, this is not one".into(),
+            ));
         };
         listed("service account", &g.service_accounts, &gce.service_account)?;
         listed("instance name", &g.instance_names, &gce.instance_name)?;
@@ -81,14 +86,14 @@ pub use verify::*;
 mod verify {
     use std::path::PathBuf;
 
-    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, Validation};
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
 
     use super::*;
     use crate::api::identity::GceIdentity;
     use crate::clock::unix;
+    use crate::identity::jwt::{JwksError, KeySet, UrlError};
     use crate::identity::{VerifyContext, VerifyError};
 
     /// Where the endpoint gets Google's keys (`authentication.gcp` in its config).
@@ -106,41 +111,23 @@ mod verify {
         pub jwks_uri: Option<String>,
     }
 
-    /// RS256 verification keys by `kid`.
-    #[derive(Clone, Default)]
-    pub struct GoogleKeys {
-        keys: Vec<(String, DecodingKey)>,
-    }
+    /// Google's signing keys: a JWKS parsed as any issuer's (RSA keys under 2048 bits and
+    /// keys for other uses are left out).
+    pub type GoogleKeys = KeySet;
 
-    impl std::fmt::Debug for GoogleKeys {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_list()
-                .entries(self.keys.iter().map(|(k, _)| k))
-                .finish()
-        }
-    }
-
-    impl GoogleKeys {
-        pub fn from_jwks_json(json: &str) -> Result<GoogleKeys, String> {
-            let set: JwkSet = serde_json::from_str(json).map_err(|e| format!("not a JWKS: {e}"))?;
-            let mut keys = Vec::new();
-            for jwk in &set.keys {
-                let (Some(kid), AlgorithmParameters::RSA(_)) = (&jwk.common.key_id, &jwk.algorithm)
-                else {
-                    continue;
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("kid {kid}: {e}"))?;
-                keys.push((kid.clone(), key));
-            }
-            if keys.is_empty() {
-                return Err("the JWKS has no RSA key with a kid".into());
-            }
-            Ok(GoogleKeys { keys })
-        }
-
-        pub fn has_kid(&self, kid: &str) -> bool {
-            self.keys.iter().any(|(k, _)| k == kid)
-        }
+    /// `authentication.gcp` cannot be used; the message names the field.
+    #[derive(Debug, thiserror::Error)]
+    pub enum GcpConfigError {
+        #[error("gcp: set only one of jwks, jwksFile, jwksUri")]
+        MoreThanOneSource,
+        #[error("gcp jwks: {0}")]
+        Jwks(JwksError),
+        #[error("gcp jwksFile {}: {detail}", path.display())]
+        JwksFile { path: PathBuf, detail: String },
+        #[error("gcp jwksUri: {0}")]
+        JwksUri(UrlError),
+        #[error("gcp: CA file {0}")]
+        CaFile(String),
     }
 
     /// A verified token: the identity and what a single-use check needs.
@@ -169,18 +156,13 @@ mod verify {
     /// Verify a GCE identity token with `keys` for `ctx` (pure).
     pub fn verify_token(
         token: &str,
-        keys: &GoogleKeys,
+        keys: &KeySet,
         ctx: &VerifyContext,
     ) -> Result<VerifiedGcp, VerifyError> {
         let kid = token_kid(token)?;
-        let key = keys
-            .keys
-            .iter()
-            .find(|(k, _)| *k == kid)
-            .map(|(_, key)| key)
-            .ok_or_else(|| {
-                VerifyError::InvalidSignature(format!("Google has no signing key with kid {kid:?}"))
-            })?;
+        let key = keys.key(&kid, Algorithm::RS256).ok_or_else(|| {
+            VerifyError::InvalidSignature(format!("Google has no signing key with kid {kid:?}"))
+        })?;
         let mut v = Validation::new(Algorithm::RS256);
         v.validate_exp = false;
         v.validate_nbf = false;
@@ -290,109 +272,101 @@ mod verify {
     #[cfg(feature = "endpoint")]
     pub use fetch::*;
 
-    /// The shell: where Google's keys come from and their cache.
+    /// The shell: where Google's keys come from; the JWT issuers' fetcher and cache.
     #[cfg(feature = "endpoint")]
     mod fetch {
-        use std::path::PathBuf;
-        use std::sync::{Arc, Mutex};
-        use std::time::{Duration, Instant};
+        use std::path::Path;
+        use std::sync::Arc;
+        use std::time::Duration;
 
         use super::*;
+        use crate::identity::jwt::{
+            FileKeys, HttpKeys, KeyCache, RefreshPolicy, check_https_url, key_source_agent,
+        };
 
-        enum Source {
-            Inline,
-            File(PathBuf),
-            Uri(String, ureq::Agent),
+        /// Google's keys are refetched for an unknown `kid` at most once a minute (a stream
+        /// of junk tokens cannot make the endpoint hammer Google), after a failure with no
+        /// keys at most once a minute, and when they are an hour old.
+        pub fn google_refresh_policy() -> RefreshPolicy {
+            RefreshPolicy {
+                min_interval: Duration::from_secs(60),
+                retry_after_failure: Duration::from_secs(60),
+                ..RefreshPolicy::default()
+            }
         }
 
-        struct State {
-            keys: Option<GoogleKeys>,
-            last_fetch: Option<Instant>,
-        }
-
-        /// The endpoint's GCP verifier: keys cached, refreshed when a token names an unknown
-        /// `kid` (at most once per `min_refresh`, so a stream of junk tokens cannot make the
-        /// endpoint hammer Google). Cheap to clone.
+        /// The endpoint's GCP verifier: Google's keys cached, refreshed when a token names
+        /// an unknown `kid` and when they are old ([`google_refresh_policy`]). Cheap to clone.
         #[derive(Clone)]
         pub struct GcpVerifier {
-            source: Arc<Source>,
-            state: Arc<Mutex<State>>,
-            min_refresh: Duration,
+            keys: Arc<KeyCache>,
+            policy: RefreshPolicy,
+        }
+
+        impl std::fmt::Debug for GcpVerifier {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("GcpVerifier")
+                    .field("policy", &self.policy)
+                    .finish_non_exhaustive()
+            }
         }
 
         impl GcpVerifier {
-            pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, String> {
-                let (source, keys) = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
-                    (Some(inline), None, None) => {
-                        (Source::Inline, Some(GoogleKeys::from_jwks_json(inline)?))
-                    }
+            /// Loads inline and file keys now (a bad source fails at start); a URI is
+            /// fetched on first use.
+            pub fn new(cfg: &GcpConfig) -> Result<GcpVerifier, GcpConfigError> {
+                GcpVerifier::build(cfg, None, google_refresh_policy())
+            }
+
+            /// `ca_file` replaces the public roots for the URI (tests: a local HTTPS server).
+            pub(crate) fn build(
+                cfg: &GcpConfig,
+                ca_file: Option<&Path>,
+                policy: RefreshPolicy,
+            ) -> Result<GcpVerifier, GcpConfigError> {
+                const LABEL: &str = "Google";
+                let keys = match (&cfg.jwks, &cfg.jwks_file, &cfg.jwks_uri) {
+                    (Some(inline), None, None) => KeyCache::fixed(
+                        LABEL.into(),
+                        KeySet::from_jwks_json(inline).map_err(GcpConfigError::Jwks)?,
+                    ),
                     (None, Some(path), None) => {
-                        let text = std::fs::read_to_string(path)
-                            .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?;
-                        (
-                            Source::File(path.clone()),
-                            Some(
-                                GoogleKeys::from_jwks_json(&text)
-                                    .map_err(|e| format!("gcp jwksFile {}: {e}", path.display()))?,
-                            ),
-                        )
+                        let file_error = |detail: String| GcpConfigError::JwksFile {
+                            path: path.clone(),
+                            detail,
+                        };
+                        let text =
+                            std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+                        let keys =
+                            KeySet::from_jwks_json(&text).map_err(|e| file_error(e.to_string()))?;
+                        // Re-read when a token names an unknown kid (Google rotated).
+                        KeyCache::preloaded(LABEL.into(), Box::new(FileKeys(path.clone())), keys)
                     }
                     (None, None, uri) => {
                         let uri = uri.clone().unwrap_or_else(|| GOOGLE_JWKS_URI.to_string());
-                        let agent: ureq::Agent = ureq::Agent::config_builder()
-                            .timeout_global(Some(Duration::from_secs(10)))
-                            .http_status_as_error(false)
-                            .build()
-                            .into();
-                        (Source::Uri(uri, agent), None)
+                        check_https_url(&uri).map_err(GcpConfigError::JwksUri)?;
+                        let agent = key_source_agent(ca_file, policy.http_timeout)
+                            .map_err(|e| GcpConfigError::CaFile(e.to_string()))?;
+                        KeyCache::remote(LABEL.into(), Box::new(HttpKeys::jwks_uri(agent, uri)))
                     }
-                    _ => return Err("gcp: set only one of jwks, jwksFile, jwksUri".into()),
+                    _ => return Err(GcpConfigError::MoreThanOneSource),
                 };
                 Ok(GcpVerifier {
-                    source: Arc::new(source),
-                    state: Arc::new(Mutex::new(State {
-                        keys,
-                        last_fetch: None,
-                    })),
-                    min_refresh: Duration::from_secs(60),
+                    keys: Arc::new(keys),
+                    policy,
                 })
             }
 
+            /// Refetch for an unknown `kid`, and retry after a failure, at most this often.
             pub fn with_min_refresh(mut self, d: Duration) -> GcpVerifier {
-                self.min_refresh = d;
+                self.policy.min_interval = d;
+                self.policy.retry_after_failure = d;
                 self
             }
 
-            fn load(&self) -> Result<GoogleKeys, VerifyError> {
-                match &*self.source {
-                    Source::Inline => Err(VerifyError::InvalidSignature(
-                        "inline JWKS has no such kid".into(),
-                    )),
-                    Source::File(p) => std::fs::read_to_string(p)
-                        .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", p.display())))
-                        .and_then(|t| {
-                            GoogleKeys::from_jwks_json(&t).map_err(VerifyError::Unavailable)
-                        }),
-                    Source::Uri(uri, agent) => {
-                        let mut resp = agent
-                            .get(uri)
-                            .call()
-                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                        if resp.status() != 200 {
-                            return Err(VerifyError::Unavailable(format!(
-                                "GET {uri}: HTTP {}",
-                                resp.status()
-                            )));
-                        }
-                        let text = resp
-                            .body_mut()
-                            .with_config()
-                            .limit(1 << 20)
-                            .read_to_string()
-                            .map_err(|e| VerifyError::Unavailable(format!("GET {uri}: {e}")))?;
-                        GoogleKeys::from_jwks_json(&text).map_err(VerifyError::Unavailable)
-                    }
-                }
+            /// How many times the keys were fetched (or the file re-read).
+            pub fn key_fetches(&self) -> u64 {
+                self.keys.attempts().unwrap_or(0)
             }
 
             /// Verify a token (blocking: may fetch keys; call from a blocking task).
@@ -401,29 +375,9 @@ mod verify {
                 token: &str,
                 ctx: &VerifyContext,
             ) -> Result<VerifiedGcp, VerifyError> {
+                // A malformed token or one not RS256 never causes a fetch.
                 let kid = token_kid(token)?;
-                let mut st = self
-                    .state
-                    .lock()
-                    .map_err(|_| VerifyError::Unavailable("key cache poisoned".into()))?;
-                let known = st.keys.as_ref().is_some_and(|k| k.has_kid(&kid));
-                let may_fetch = st
-                    .last_fetch
-                    .is_none_or(|t| t.elapsed() >= self.min_refresh);
-                if !known && may_fetch && !matches!(*self.source, Source::Inline) {
-                    st.last_fetch = Some(Instant::now());
-                    match self.load() {
-                        Ok(keys) => st.keys = Some(keys),
-                        Err(e) if st.keys.is_none() => return Err(e),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "refreshing Google's keys failed; keeping the cached ones")
-                        }
-                    }
-                }
-                let keys = st.keys.clone().ok_or_else(|| {
-                    VerifyError::Unavailable("Google's keys are not loaded yet".into())
-                })?;
-                drop(st);
+                let keys = self.keys.keys_for(Some(&kid), &self.policy)?;
                 verify_token(token, &keys, ctx)
             }
         }
@@ -456,12 +410,7 @@ mod collect {
             base: base.to_string(),
             detail,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = crate::http_client::HttpClient::new(timeout).build();
         let url = format!(
             "{}/computeMetadata/v1/instance/service-accounts/default/identity",
             base.trim_end_matches('/')
@@ -588,5 +537,195 @@ mod tests {
         let mut no_gce = id();
         no_gce.gce = None;
         assert!(matches(&all, &no_gce).unwrap_err().contains("GCE"));
+    }
+
+    /// Google's key source: the JWT issuers' rules and cache, over real files and a local
+    /// HTTPS server.
+    #[cfg(feature = "endpoint")]
+    mod key_source {
+        use std::time::{Duration, SystemTime};
+
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use serde_json::{Value, json};
+
+        use super::*;
+        use crate::http_client::test_server::{json as json_answer, redirect, serve};
+        use crate::identity::jwt::RefreshPolicy;
+        use crate::identity::{VerifyContext, VerifyError};
+
+        const JWKS: &str = include_str!("../../testdata/jwt/jwks.json");
+        const RSA_KEY: &str = include_str!("../../testdata/jwt/trusted-rs256.key.pem");
+        const PLANE: &str = "plane-uid-1";
+
+        fn now() -> i64 {
+            crate::clock::unix(SystemTime::now())
+        }
+
+        fn token(kid: &str) -> String {
+            let iat = now();
+            let claims = json!({
+                "iss": "https://accounts.google.com", "aud": PLANE, "iat": iat, "exp": iat + 3600,
+                "email": "sa@gcp-example.iam.gserviceaccount.com",
+                "google": {"compute_engine": {
+                    "project_id": "gcp-example", "project_number": 234567890121u64,
+                    "zone": "us-central1-a", "instance_id": "693197132356332126",
+                    "instance_name": "vm-1"}},
+            });
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.to_owned());
+            let key = EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).expect("test RSA key");
+            jsonwebtoken::encode(&header, &claims, &key).expect("signing")
+        }
+
+        fn ctx() -> VerifyContext {
+            VerifyContext {
+                audience: PLANE.into(),
+                now: SystemTime::now(),
+                peer_ip: None,
+            }
+        }
+
+        /// The test JWKS without its RSA key (only the ES256 one is left).
+        fn without_rsa() -> String {
+            let mut doc: Value = serde_json::from_str(JWKS).expect("jwks");
+            doc["keys"].as_array_mut().expect("keys").remove(0);
+            doc.to_string()
+        }
+
+        fn uri_config(uri: String) -> GcpConfig {
+            GcpConfig {
+                jwks_uri: Some(uri),
+                ..Default::default()
+            }
+        }
+
+        #[test]
+        fn key_source_must_be_https() {
+            let e = GcpVerifier::new(&uri_config("http://127.0.0.1:1/certs".into()))
+                .expect_err("http:// key source");
+            assert!(matches!(e, GcpConfigError::JwksUri(_)), "{e}");
+            assert!(e.to_string().contains("https://"), "{e}");
+        }
+
+        #[test]
+        fn keys_come_over_https_through_at_most_three_redirects() {
+            // One redirect (the certs moved) is followed.
+            let moved = serve(true, |line, own| {
+                if line.contains("/certs") {
+                    json_answer(JWKS)
+                } else {
+                    redirect(&format!("{own}certs"))
+                }
+            });
+            let v = GcpVerifier::build(
+                &uri_config(format!("{}oauth2/v3", moved.url)),
+                moved.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let verified = v.verify(&token("trusted-rs256"), &ctx()).expect("verifies");
+            assert_eq!(verified.identity.project_id, "gcp-example");
+            assert_eq!(moved.requests().len(), 2);
+
+            // A redirect loop stops after the cap.
+            let looping = serve(true, |_, own| redirect(own));
+            let v = GcpVerifier::build(
+                &uri_config(looping.url.clone()),
+                looping.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let e = v.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(
+                matches!(&e, VerifyError::Unavailable(m) if m.contains("too many redirects")),
+                "{e}"
+            );
+            assert_eq!(
+                looping.requests().len(),
+                4,
+                "the first request and 3 redirects"
+            );
+
+            // A redirect to http:// is not followed.
+            let downgrade = serve(true, |_, _| redirect("http://127.0.0.1:9/certs"));
+            let v = GcpVerifier::build(
+                &uri_config(downgrade.url.clone()),
+                downgrade.ca_file.as_deref(),
+                google_refresh_policy(),
+            )
+            .expect("config");
+            let e = v.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(
+                matches!(&e, VerifyError::Unavailable(m) if m.contains("https only")),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn rsa_keys_under_2048_bits_are_not_trusted() {
+            let mut doc: Value = serde_json::from_str(JWKS).expect("jwks");
+            let short = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                [0xc5u8; 128],
+            );
+            doc["keys"][0]["n"] = json!(short);
+            doc["keys"][0]["kid"] = json!("short");
+            let only_short = json!({"keys": [doc["keys"][0].clone()]}).to_string();
+            let e = GcpVerifier::new(&GcpConfig {
+                jwks: Some(only_short),
+                ..Default::default()
+            })
+            .expect_err("no usable key");
+            assert!(e.to_string().contains("1024 bits is too short"), "{e}");
+            // Beside a usable key, the short one is left out: a token naming it fails.
+            let v = GcpVerifier::new(&GcpConfig {
+                jwks: Some(doc.to_string()),
+                ..Default::default()
+            })
+            .expect("the ES256 key is usable");
+            let e = v.verify(&token("short"), &ctx()).unwrap_err();
+            assert!(matches!(e, VerifyError::InvalidSignature(_)), "{e}");
+        }
+
+        #[test]
+        fn keys_are_refetched_when_old_so_withdrawn_keys_stop_working() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("google-jwks.json");
+            std::fs::write(&path, JWKS).expect("write");
+            let cfg = GcpConfig {
+                jwks_file: Some(path.clone()),
+                ..Default::default()
+            };
+            // Fresh keys that know the kid are not refetched.
+            let fresh = GcpVerifier::new(&cfg).expect("config");
+            fresh
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("verifies");
+            assert_eq!(fresh.key_fetches(), 0);
+
+            let aging = GcpVerifier::build(
+                &cfg,
+                None,
+                RefreshPolicy {
+                    max_age: Duration::ZERO,
+                    min_interval: Duration::ZERO,
+                    ..google_refresh_policy()
+                },
+            )
+            .expect("config");
+            aging
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("verifies");
+            assert_eq!(aging.key_fetches(), 1, "old keys are refetched");
+            // Google withdrew the RSA key: once the cached set is old, it is no longer trusted.
+            std::fs::write(&path, without_rsa()).expect("write");
+            let e = aging.verify(&token("trusted-rs256"), &ctx()).unwrap_err();
+            assert!(matches!(e, VerifyError::InvalidSignature(_)), "{e}");
+            assert_eq!(aging.key_fetches(), 2);
+            // The fresh verifier still has the key cached (it refreshes by age, an hour).
+            fresh
+                .verify(&token("trusted-rs256"), &ctx())
+                .expect("cached");
+        }
     }
 }

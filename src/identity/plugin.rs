@@ -56,6 +56,18 @@ pub struct GetCredentialResponse {
     pub expires_at: Option<String>,
 }
 
+/// A plugin's credential that the agent cannot send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableCredential {
+    #[error("{} without a non-empty \"token\" string", JWT_CREDENTIAL_TYPE)]
+    JwtWithoutToken,
+    #[error(
+        "credential type {found:?} is not supported (supported: {})",
+        JWT_CREDENTIAL_TYPE
+    )]
+    Type { found: String },
+}
+
 /// A `google.protobuf.Any` in its JSON form: `@type` plus the message's fields inline.
 /// `Debug` names the fields but never shows their values (a token is a credential).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -89,19 +101,17 @@ impl AnyCredential {
     }
 
     /// The credential the agent sends to the endpoint.
-    pub fn into_credential(self) -> Result<Credential, String> {
+    pub fn into_credential(self) -> Result<Credential, UnusableCredential> {
         match self.type_url.as_str() {
             JWT_CREDENTIAL_TYPE => match self.fields.get("token") {
                 Some(Value::String(token)) if !token.trim().is_empty() => Ok(Credential::Jwt {
                     token: token.trim().to_owned(),
                 }),
-                _ => Err(format!(
-                    "{JWT_CREDENTIAL_TYPE} without a non-empty \"token\" string"
-                )),
+                _ => Err(UnusableCredential::JwtWithoutToken),
             },
-            other => Err(format!(
-                "credential type {other:?} is not supported (supported: {JWT_CREDENTIAL_TYPE})"
-            )),
+            other => Err(UnusableCredential::Type {
+                found: other.to_owned(),
+            }),
         }
     }
 }
@@ -224,8 +234,9 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-/// What to run for one plugin call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to run for one plugin call. `Debug` shows the environment's names, not its values
+/// (a plugin's configuration may hold a client secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PluginCall {
     pub name: String,
     /// An absolute path, or a bare name looked up on `PATH`.
@@ -237,6 +248,25 @@ pub struct PluginCall {
     pub service: String,
     pub method: String,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PluginCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, _)| (k.as_str(), crate::secret::REDACTED))
+            .collect();
+        f.debug_struct("PluginCall")
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl PluginCall {
@@ -304,19 +334,35 @@ pub fn parse_credential_reply(
                 .ok_or_else(|| bad(format!("expiresAt {text:?} is not an RFC 3339 time")))?,
         ),
     };
-    let credential = response.credential.into_credential().map_err(bad)?;
+    let credential = response
+        .credential
+        .into_credential()
+        .map_err(|e| bad(e.to_string()))?;
     Ok(PluginCredential {
         credential,
         expires_at,
     })
 }
 
-/// What a plugin printed when it exited 0.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a plugin printed when it exited 0. `Debug` shows the size of stdout, not its bytes
+/// (they are the credential).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PluginReply {
     pub stdout: Vec<u8>,
     /// The tail of its stderr (diagnostics).
     pub stderr: String,
+}
+
+impl std::fmt::Debug for PluginReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginReply")
+            .field(
+                "stdout",
+                &format_args!("<{} bytes redacted>", self.stdout.len()),
+            )
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 /// Runs one plugin call: request on stdin, reply on stdout, killed (with its process group)
@@ -478,6 +524,28 @@ fn tail(mut reader: impl Read, keep: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_hides_plugin_env_values_and_the_reply() {
+        let call = super::PluginCall {
+            name: "oidc".into(),
+            program: "/usr/bin/plugin".into(),
+            args: vec![],
+            env: vec![("OIDC_CLIENT_SECRET".into(), "s3cr3t-value".into())],
+            service: super::CREDENTIAL_SERVICE.into(),
+            method: super::GET_CREDENTIAL_METHOD.into(),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let shown = format!("{call:?} {call:#?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("OIDC_CLIENT_SECRET"), "{shown}");
+        let reply = super::PluginReply {
+            stdout: br#"{"credential":{"token":"eyJ.secret-token.sig"}}"#.to_vec(),
+            stderr: "ok".into(),
+        };
+        let shown = format!("{reply:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+    }
+
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::Path;
 

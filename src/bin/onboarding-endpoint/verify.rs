@@ -111,7 +111,8 @@ pub fn verify(args: &VerifyArgs) -> Result<WorkloadIdentity, String> {
         }
         VerifyPlatform::Gcp => {
             let token = read(need(&args.token, "--token", "gcp")?)?;
-            let keys = GoogleKeys::from_jwks_json(&read(need(&args.jwks, "--jwks", "gcp")?)?)?;
+            let keys = GoogleKeys::from_jwks_json(&read(need(&args.jwks, "--jwks", "gcp")?)?)
+                .map_err(|e| e.to_string())?;
             let audience = need(&args.audience, "--audience", "gcp")?;
             let ctx = VerifyContext {
                 audience: audience.clone(),

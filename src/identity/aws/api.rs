@@ -101,12 +101,7 @@ pub fn profile_name_from_arn(arn: &str) -> Option<&str> {
 
 impl AwsApi {
     pub fn new(cfg: AwsApiConfig) -> AwsApi {
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = crate::http_client::HttpClient::new(Duration::from_secs(10)).build();
         AwsApi { cfg, http }
     }
 
@@ -141,10 +136,7 @@ impl AwsApi {
             .collect::<Vec<_>>()
             .join("&");
         let ctype = "application/x-www-form-urlencoded; charset=utf-8";
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::clock::unix(SystemTime::now());
         let signed = sigv4::sign(
             "POST",
             &host,

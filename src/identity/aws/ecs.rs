@@ -18,8 +18,9 @@ pub const AUDIENCE_HEADER: &str = "x-onboarding-audience";
 pub const GET_CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
 /// The signed request the agent sends (`Credential::AwsEcs.signedRequest`). Unknown fields
-/// are refused, as in the rest of the credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// are refused, as in the rest of the credential. `Debug` hides the values of the headers
+/// that are credentials (the signature, the session token).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedStsRequest {
     pub method: String,
@@ -27,6 +28,35 @@ pub struct SignedStsRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+/// Headers whose value lets whoever holds it act as the task (until the signature expires).
+const SECRET_HEADERS: [&str; 2] = ["authorization", "x-amz-security-token"];
+
+impl std::fmt::Debug for SignedStsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (
+                    k.as_str(),
+                    if secret {
+                        crate::secret::REDACTED
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("SignedStsRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// `arn:<partition>:sts::<account>:assumed-role/<role>/<session>`.
@@ -69,22 +99,35 @@ pub fn parse_task_arn(arn: &str) -> Option<(String, String, String)> {
     Some((region.into(), cluster.into(), task.into()))
 }
 
+/// The task metadata does not fit the task STS vouched for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskMetadataError {
+    #[error("the task metadata has no TaskARN")]
+    NoTaskArn,
+    #[error("{0:?} is not a task ARN")]
+    NotATaskArn(String),
+    #[error(
+        "the task metadata names task {task_id}, but STS vouches for session {session} (ECS names a task role's session after its task)"
+    )]
+    OtherTask { task_id: String, session: String },
+}
+
 /// Build the identity from STS's answer and the (unsigned) task metadata.
 pub fn identity_from(
     assumed: &AssumedRole,
     task_metadata: Option<&serde_json::Value>,
-) -> Result<AwsIdentity, String> {
+) -> Result<AwsIdentity, TaskMetadataError> {
     let task_arn = task_metadata
         .and_then(|m| m.get("TaskARN"))
         .and_then(|v| v.as_str())
-        .ok_or("the task metadata has no TaskARN")?;
-    let (region, cluster_from_arn, task_id) =
-        parse_task_arn(task_arn).ok_or_else(|| format!("{task_arn:?} is not a task ARN"))?;
+        .ok_or(TaskMetadataError::NoTaskArn)?;
+    let (region, cluster_from_arn, task_id) = parse_task_arn(task_arn)
+        .ok_or_else(|| TaskMetadataError::NotATaskArn(task_arn.to_owned()))?;
     if task_id != assumed.session {
-        return Err(format!(
-            "the task metadata names task {task_id}, but STS vouches for session {} (ECS names a task role's session after its task)",
-            assumed.session
-        ));
+        return Err(TaskMetadataError::OtherTask {
+            task_id,
+            session: assumed.session.clone(),
+        });
     }
     let cluster = task_metadata
         .and_then(|m| m.get("Cluster"))
@@ -126,12 +169,7 @@ mod collect {
     pub struct EcsCollectError(pub String);
 
     fn agent(timeout: Duration) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into()
+        crate::http_client::HttpClient::new(timeout).build()
     }
 
     fn get_json(
@@ -337,12 +375,7 @@ mod forward {
         use std::time::Duration;
 
         check_request(req, cfg, audience)?;
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = crate::http_client::HttpClient::new(Duration::from_secs(10)).build();
         let mut r = http.post(&req.url);
         for (k, v) in &req.headers {
             if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("content-length") {
@@ -376,12 +409,36 @@ mod forward {
                 "STS says the caller is {arn}, not an assumed role (an ECS task role)"
             ))
         })?;
-        identity_from(&assumed, task_metadata).map_err(VerifyError::Invalid)
+        identity_from(&assumed, task_metadata).map_err(|e| VerifyError::Invalid(e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_hides_the_signature_and_the_session_token() {
+        let req = super::SignedStsRequest {
+            method: "POST".into(),
+            url: "https://sts.us-east-1.amazonaws.com/".into(),
+            headers: vec![
+                (
+                    "Authorization".into(),
+                    "AWS4-HMAC-SHA256 Signature=deadbeef".into(),
+                ),
+                ("X-Amz-Security-Token".into(), "SESSION-TOKEN-123".into()),
+                ("x-onboarding-audience".into(), "plane-1".into()),
+            ],
+            body: super::GET_CALLER_IDENTITY_BODY.into(),
+        };
+        let shown = format!("{req:?} {req:#?}");
+        assert!(!shown.contains("deadbeef"), "{shown}");
+        assert!(!shown.contains("SESSION-TOKEN-123"), "{shown}");
+        assert!(
+            shown.contains("x-onboarding-audience") && shown.contains("plane-1"),
+            "{shown}"
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -410,6 +467,7 @@ mod tests {
         assert!(
             identity_from(&a, Some(&other))
                 .unwrap_err()
+                .to_string()
                 .contains("task-2")
         );
         assert!(identity_from(&a, None).is_err());

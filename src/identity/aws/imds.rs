@@ -16,20 +16,25 @@ pub struct ImdsError {
     pub detail: String,
 }
 
-/// What the agent sends as `Credential::AwsEc2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the agent sends as `Credential::AwsEc2`. `Debug` hides the signature: with it the
+/// document is a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Ec2Credential {
     pub document: String,
     pub rsa2048: String,
 }
 
+impl std::fmt::Debug for Ec2Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2Credential")
+            .field("document", &self.document)
+            .field("rsa2048", &crate::secret::REDACTED)
+            .finish()
+    }
+}
+
 fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+    crate::http_client::HttpClient::new(timeout).build()
 }
 
 /// An IMDSv2 session token.
@@ -97,4 +102,18 @@ pub fn fetch_identity(base: &str, timeout: Duration) -> Result<Ec2Credential, Im
             timeout,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_hides_the_signature() {
+        let c = super::Ec2Credential {
+            document: "{\"instanceId\":\"i-1\"}".into(),
+            rsa2048: "MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkq".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("MIAGCSqGSIb3"), "{shown}");
+        assert!(shown.contains("i-1"), "{shown}");
+    }
 }

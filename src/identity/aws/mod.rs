@@ -13,6 +13,7 @@
 
 use crate::api::identity::{AwsIdentity, WorkloadIdentity};
 use crate::api::policy::AwsIdentityMatcher;
+use crate::policy::Mismatch;
 
 #[cfg(feature = "endpoint")]
 pub mod api;
@@ -78,11 +79,13 @@ pub fn cloud_name_part(id: &WorkloadIdentity) -> Option<String> {
 
 /// A list matcher: empty allows anything, otherwise the value must be listed (`*` is a
 /// wildcard for any value).
-pub(crate) fn listed(field: &str, allowed: &[String], value: &str) -> Result<(), String> {
+pub(crate) fn listed(field: &str, allowed: &[String], value: &str) -> Result<(), Mismatch> {
     if allowed.is_empty() || allowed.iter().any(|a| a == "*" || a == value) {
         Ok(())
     } else {
-        Err(format!("{field} {value:?} is not one of {allowed:?}"))
+        Err(Mismatch(format!(
+            "{field} {value:?} is not one of {allowed:?}"
+        )))
     }
 }
 
@@ -93,17 +96,21 @@ pub(crate) fn listed(field: &str, allowed: &[String], value: &str) -> Result<(),
 /// `ec2` matches only EC2 identities and `ecs` only ECS ones; with neither set both kinds
 /// match. `iamRoleNames` needs the role the endpoint looked up through the AWS API: an
 /// identity without a known role never matches a non-empty list.
-pub fn matches(m: &AwsIdentityMatcher, id: &AwsIdentity) -> Result<(), String> {
+pub fn matches(m: &AwsIdentityMatcher, id: &AwsIdentity) -> Result<(), Mismatch> {
     if m.accounts.is_empty() {
-        return Err("the aws matcher lists no accounts".into());
+        return Err(Mismatch("the aws matcher lists no accounts".into()));
     }
     listed("partition", &m.partitions, &id.partition)?;
     listed("account", &m.accounts, &id.account)?;
     listed("region", &m.regions, &id.region)?;
     listed("zone", &m.zones, &id.zone)?;
     match (&m.ec2, &m.ecs, &id.ec2, &id.ecs) {
-        (Some(_), _, None, _) => Err("the matcher is for EC2 instances, this is not one".into()),
-        (_, Some(_), _, None) => Err("the matcher is for ECS tasks, this is not one".into()),
+        (Some(_), _, None, _) => Err(Mismatch(
+            "the matcher is for EC2 instances, this is not one".into(),
+        )),
+        (_, Some(_), _, None) => Err(Mismatch(
+            "the matcher is for ECS tasks, this is not one".into(),
+        )),
         (Some(em), _, Some(e), _) => role_listed(&em.iam_role_names, e.iam_role.as_ref()),
         (_, Some(cm), _, Some(c)) => {
             listed("ECS cluster", &cm.clusters, &c.cluster)?;
@@ -116,15 +123,15 @@ pub fn matches(m: &AwsIdentityMatcher, id: &AwsIdentity) -> Result<(), String> {
 fn role_listed(
     allowed: &[String],
     role: Option<&crate::api::identity::IamRole>,
-) -> Result<(), String> {
+) -> Result<(), Mismatch> {
     if allowed.is_empty() {
         return Ok(());
     }
     match role {
         Some(r) => listed("IAM role", allowed, &r.name),
-        None => Err(format!(
+        None => Err(Mismatch(format!(
             "the IAM role is unknown (no AWS API lookup, or no instance profile) and the matcher requires one of {allowed:?}"
-        )),
+        ))),
     }
 }
 

@@ -77,9 +77,14 @@ impl IpCidr {
     }
 }
 
+/// Text that is not an address or a CIDR; the message quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CidrError(String);
+
 impl FromStr for IpCidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<IpCidr, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<IpCidr, CidrError> {
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -87,7 +92,7 @@ impl FromStr for IpCidr {
         let addr: IpAddr = a
             .trim()
             .parse()
-            .map_err(|e| format!("{s:?} is not an address or CIDR: {e}"))?;
+            .map_err(|e| CidrError(format!("{s:?} is not an address or CIDR: {e}")))?;
         let addr = canonical(addr);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
@@ -96,7 +101,7 @@ impl FromStr for IpCidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
+                .ok_or_else(|| CidrError(format!("{s:?}: prefix must be 0..={max}")))?,
             None => max,
         };
         Ok(IpCidr { addr, prefix })
@@ -174,10 +179,7 @@ pub fn check_max_age(
     now: SystemTime,
     max_age: Option<Duration>,
 ) -> Result<(), ReplayError> {
-    let now = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix(now);
     if pending_time - now > PENDING_TIME_SKEW.as_secs() as i64 {
         return Err(ReplayError::FromTheFuture((pending_time - now) as u64));
     }

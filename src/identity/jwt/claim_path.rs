@@ -7,6 +7,11 @@ use serde_json::Value;
 
 use crate::identity::VerifyError;
 
+/// A claim path outside the supported subset; the message quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ClaimPathError(String);
+
 /// The supported subset of JSONPath for picking a claim: an optional `$`, then one or more
 /// members, each `.name` (letters, digits, `_`, `-`, `:`) or `['any name']` / `["any name"]`
 /// (for namespaced claims such as `https://example.com/attributes`). No wildcards, indexes
@@ -18,10 +23,12 @@ pub struct ClaimPath {
 }
 
 impl ClaimPath {
-    pub fn parse(path: &str) -> Result<ClaimPath, String> {
+    pub fn parse(path: &str) -> Result<ClaimPath, ClaimPathError> {
         let rest = path.strip_prefix('$').unwrap_or(path);
         if !path.starts_with(['$', '.']) {
-            return Err(format!("{path:?} must start with `.` or `$`"));
+            return Err(ClaimPathError(format!(
+                "{path:?} must start with `.` or `$`"
+            )));
         }
         let mut members = Vec::new();
         let mut rest = rest;
@@ -31,40 +38,44 @@ impl ClaimPath {
                     .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')))
                     .unwrap_or(after.len());
                 if end == 0 {
-                    return Err(format!(
+                    return Err(ClaimPathError(format!(
                         "{path:?}: expected a member name after `.` (use ['...'] for other \
                          characters)"
-                    ));
+                    )));
                 }
                 members.push(after[..end].to_owned());
                 rest = &after[end..];
             } else if let Some(after) = rest.strip_prefix('[') {
                 let quote = after.chars().next().filter(|c| *c == '\'' || *c == '"');
                 let Some(quote) = quote else {
-                    return Err(format!(
+                    return Err(ClaimPathError(format!(
                         "{path:?}: only quoted members like ['name'] are supported in brackets"
-                    ));
+                    )));
                 };
                 let body = &after[1..];
                 let Some(close) = body.find(quote) else {
-                    return Err(format!("{path:?}: unterminated quoted member"));
+                    return Err(ClaimPathError(format!(
+                        "{path:?}: unterminated quoted member"
+                    )));
                 };
                 let Some(next) = body[close + 1..].strip_prefix(']') else {
-                    return Err(format!("{path:?}: expected `]` after the quoted member"));
+                    return Err(ClaimPathError(format!(
+                        "{path:?}: expected `]` after the quoted member"
+                    )));
                 };
                 if close == 0 {
-                    return Err(format!("{path:?}: empty member name"));
+                    return Err(ClaimPathError(format!("{path:?}: empty member name")));
                 }
                 members.push(body[..close].to_owned());
                 rest = next;
             } else {
-                return Err(format!(
+                return Err(ClaimPathError(format!(
                     "{path:?}: unsupported syntax at {rest:?} (supported: .name and ['name'])"
-                ));
+                )));
             }
         }
         if members.is_empty() {
-            return Err(format!("{path:?} names no claim"));
+            return Err(ClaimPathError(format!("{path:?} names no claim")));
         }
         Ok(ClaimPath {
             source: path.to_owned(),

@@ -191,22 +191,27 @@ pub fn validate_issuers(
     Ok(out)
 }
 
-pub(super) fn check_https_url(s: &str) -> Result<(), String> {
+/// A key-source or issuer URL that is not a plain `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
+
+pub(crate) fn check_https_url(s: &str) -> Result<(), UrlError> {
     let Some(rest) = s.strip_prefix("https://") else {
-        return Err(format!("{s:?} must be an https:// URL"));
+        return Err(UrlError(format!("{s:?} must be an https:// URL")));
     };
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() {
-        return Err(format!("{s:?} has no host"));
+        return Err(UrlError(format!("{s:?} has no host")));
     }
     if s.chars().any(|c| c.is_whitespace() || c == '?' || c == '#') {
-        return Err(format!(
+        return Err(UrlError(format!(
             "{s:?} must not contain whitespace, a query or a fragment"
-        ));
+        )));
     }
     http::Uri::try_from(s)
         .map(|_| ())
-        .map_err(|e| format!("{s:?} is not a valid URL: {e}"))
+        .map_err(|e| UrlError(format!("{s:?} is not a valid URL: {e}")))
 }
 
 fn is_short_name(s: &str) -> bool {

@@ -1,8 +1,10 @@
 //! The shell: key sources, fetching over HTTPS and caching, refresh by age and on an
-//! unknown `kid` (rate-limited).
+//! unknown `kid` (rate-limited). JWT issuers and Google's keys (GCP identity tokens) share
+//! it: one fetcher, one cache, one set of key-source rules (https only, at most
+//! [`MAX_KEY_REDIRECTS`] redirects, RSA keys of at least [`MIN_RSA_BITS`], refetch by age).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,11 @@ use serde_json::Value;
 
 use super::config::{check_https_url, invalid};
 use super::*;
+use crate::http_client::{CaFileError, HttpClient};
 use crate::identity::{VerifyContext, VerifyError};
+
+/// Redirects a key source may answer with before the fetch fails.
+pub const MAX_KEY_REDIRECTS: u32 = 3;
 
 /// How often keys may be fetched from an issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,75 +44,160 @@ impl Default for RefreshPolicy {
     }
 }
 
-/// Fetches an issuer's current key set. The production one speaks HTTPS; unit tests count
-/// and script fetches.
-pub(super) trait FetchKeys: Send + Sync {
-    fn fetch(&self) -> Result<KeySet, String>;
+/// Fetching a key set failed; the message names the URL or file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("GET {url}: {detail}")]
+    Get { url: String, detail: String },
+    #[error("{url}: not a JSON document: {detail}")]
+    NotJson { url: String, detail: String },
+    #[error("{url} announces issuer {announced:?}, not {issuer:?}; fix the configured issuer")]
+    WrongIssuer {
+        url: String,
+        announced: String,
+        issuer: String,
+    },
+    #[error("{url} has no jwks_uri")]
+    NoJwksUri { url: String },
+    #[error("{url}: jwks_uri {problem}")]
+    BadJwksUri { url: String, problem: UrlError },
+    #[error("{}: {detail}", path.display())]
+    ReadFile { path: PathBuf, detail: String },
+    #[error("{origin}: {error}")]
+    Keys { origin: String, error: JwksError },
 }
 
-struct HttpKeys {
+/// Fetches a key set. The production ones speak HTTPS or re-read a file; unit tests count
+/// and script fetches.
+pub(crate) trait FetchKeys: Send + Sync {
+    fn fetch(&self) -> Result<KeySet, FetchError>;
+}
+
+/// Keys over HTTPS: a JWKS URI, or OIDC discovery from an issuer.
+pub(crate) struct HttpKeys {
     agent: ureq::Agent,
-    issuer: String,
-    /// `None`: OIDC discovery.
-    jwks_uri: Option<String>,
+    locate: Locate,
+}
+
+enum Locate {
+    JwksUri(String),
+    Discovery { issuer: String },
 }
 
 const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
 
+/// The HTTP client of every key source: https only (redirects included), at most
+/// [`MAX_KEY_REDIRECTS`] redirects, `ca_file` (when given) instead of the public roots.
+pub(crate) fn key_source_agent(
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<ureq::Agent, CaFileError> {
+    Ok(HttpClient::new(timeout)
+        .https_only()
+        .max_redirects(MAX_KEY_REDIRECTS)
+        .user_agent(concat!(
+            "workload-onboarding-endpoint/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .ca_file(ca_file)?
+        .build())
+}
+
 impl HttpKeys {
-    fn get(&self, url: &str) -> Result<String, String> {
+    pub(crate) fn jwks_uri(agent: ureq::Agent, uri: String) -> HttpKeys {
+        HttpKeys {
+            agent,
+            locate: Locate::JwksUri(uri),
+        }
+    }
+
+    fn discovery(agent: ureq::Agent, issuer: String) -> HttpKeys {
+        HttpKeys {
+            agent,
+            locate: Locate::Discovery { issuer },
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<String, FetchError> {
+        let get = |detail: String| FetchError::Get {
+            url: url.to_owned(),
+            detail,
+        };
         let mut response = self
             .agent
             .get(url)
             .header("Accept", "application/json")
             .call()
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| get(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("GET {url}: HTTP {status}"));
+            return Err(get(format!("HTTP {status}")));
         }
         response
             .body_mut()
             .with_config()
             .limit(MAX_DOCUMENT_BYTES)
             .read_to_string()
-            .map_err(|e| format!("GET {url}: reading the body: {e}"))
+            .map_err(|e| get(format!("reading the body: {e}")))
     }
 
-    fn discover_jwks_uri(&self) -> Result<String, String> {
+    fn discover_jwks_uri(&self, issuer: &str) -> Result<String, FetchError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
+            issuer.trim_end_matches('/')
         );
-        let doc: Value = serde_json::from_str(&self.get(&url)?)
-            .map_err(|e| format!("{url}: not a JSON document: {e}"))?;
+        let doc: Value =
+            serde_json::from_str(&self.get(&url)?).map_err(|e| FetchError::NotJson {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
         let announced = doc
             .get("issuer")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if announced != self.issuer {
+        if announced != issuer {
             // OIDC Discovery §4.3: a mismatch means the document is for another issuer.
-            return Err(format!(
-                "{url} announces issuer {announced:?}, not {:?}; fix the configured issuer",
-                self.issuer
-            ));
+            return Err(FetchError::WrongIssuer {
+                url,
+                announced: announced.to_owned(),
+                issuer: issuer.to_owned(),
+            });
         }
-        let jwks_uri = doc
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{url} has no jwks_uri"))?;
-        check_https_url(jwks_uri).map_err(|e| format!("{url}: jwks_uri {e}"))?;
+        let Some(jwks_uri) = doc.get("jwks_uri").and_then(Value::as_str) else {
+            return Err(FetchError::NoJwksUri { url });
+        };
+        check_https_url(jwks_uri).map_err(|problem| FetchError::BadJwksUri {
+            url: url.clone(),
+            problem,
+        })?;
         Ok(jwks_uri.to_owned())
     }
 }
 
 impl FetchKeys for HttpKeys {
-    fn fetch(&self) -> Result<KeySet, String> {
-        let uri = match &self.jwks_uri {
-            Some(uri) => uri.clone(),
-            None => self.discover_jwks_uri()?,
+    fn fetch(&self) -> Result<KeySet, FetchError> {
+        let uri = match &self.locate {
+            Locate::JwksUri(uri) => uri.clone(),
+            Locate::Discovery { issuer } => self.discover_jwks_uri(issuer)?,
         };
-        KeySet::from_jwks_json(&self.get(&uri)?).map_err(|e| format!("{uri}: {e}"))
+        KeySet::from_jwks_json(&self.get(&uri)?)
+            .map_err(|error| FetchError::Keys { origin: uri, error })
+    }
+}
+
+/// Keys in a file, re-read on every fetch (an operator replaces the file when keys rotate).
+pub(crate) struct FileKeys(pub(crate) PathBuf);
+
+impl FetchKeys for FileKeys {
+    fn fetch(&self) -> Result<KeySet, FetchError> {
+        let text = std::fs::read_to_string(&self.0).map_err(|e| FetchError::ReadFile {
+            path: self.0.clone(),
+            detail: e.to_string(),
+        })?;
+        KeySet::from_jwks_json(&text).map_err(|error| FetchError::Keys {
+            origin: self.0.display().to_string(),
+            error,
+        })
     }
 }
 
@@ -115,69 +206,186 @@ fn http_agent(
     ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<ureq::Agent, IssuerConfigError> {
-    let mut tls = ureq::tls::TlsConfig::builder();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| IssuerConfigError::Read {
+    key_source_agent(ca_file, timeout).map_err(|e| match e {
+        CaFileError::Read { path, source } => IssuerConfigError::Read {
             issuer: issuer.to_owned(),
             field: "caFile",
-            path: path.to_owned(),
+            path,
             source,
-        })?;
-        let mut roots = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => roots.push(cert),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(invalid(
-                        issuer,
-                        format!("caFile {}: bad PEM: {e}", path.display()),
-                    ));
+        },
+        other => invalid(issuer, format!("caFile {other}")),
+    })
+}
+
+/// One key source's cached keys and its fetch bookkeeping.
+pub(crate) struct KeyCache {
+    /// Whose keys, for messages: `issuer https://idp.example`, `Google`.
+    label: String,
+    /// `None`: keys are fixed (inline or a file read once) and loaded at start.
+    fetcher: Option<Box<dyn FetchKeys>>,
+    keys: RwLock<Option<Cached>>,
+    fetch: Mutex<FetchState>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    keys: Arc<KeySet>,
+    /// `None` for fixed keys, which never go stale.
+    fetched_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+    attempts: u64,
+}
+
+impl KeyCache {
+    /// Keys that never change.
+    pub(crate) fn fixed(label: String, keys: KeySet) -> KeyCache {
+        KeyCache::new(
+            label,
+            None,
+            Some(Cached {
+                keys: Arc::new(keys),
+                fetched_at: None,
+            }),
+        )
+    }
+
+    /// Keys from `fetcher`, none yet: the first use fetches.
+    pub(crate) fn remote(label: String, fetcher: Box<dyn FetchKeys>) -> KeyCache {
+        KeyCache::new(label, Some(fetcher), None)
+    }
+
+    /// Keys from `fetcher`, starting with `keys` (loaded now, so a bad source fails at start).
+    pub(crate) fn preloaded(label: String, fetcher: Box<dyn FetchKeys>, keys: KeySet) -> KeyCache {
+        KeyCache::new(
+            label,
+            Some(fetcher),
+            Some(Cached {
+                keys: Arc::new(keys),
+                fetched_at: Some(Instant::now()),
+            }),
+        )
+    }
+
+    fn new(label: String, fetcher: Option<Box<dyn FetchKeys>>, keys: Option<Cached>) -> KeyCache {
+        KeyCache {
+            label,
+            fetcher,
+            keys: RwLock::new(keys),
+            fetch: Mutex::new(FetchState::default()),
+        }
+    }
+
+    pub(crate) fn is_remote(&self) -> bool {
+        self.fetcher.is_some()
+    }
+
+    /// How many fetches were attempted.
+    pub(crate) fn attempts(&self) -> Result<u64, VerifyError> {
+        Ok(self.lock_fetch()?.attempts)
+    }
+
+    fn lock_fetch(&self) -> Result<std::sync::MutexGuard<'_, FetchState>, VerifyError> {
+        crate::lock::lock(&self.fetch, "key fetch")
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))
+    }
+
+    fn cached(&self) -> Result<Option<Cached>, VerifyError> {
+        crate::lock::read(&self.keys, "key cache")
+            .map(|c| c.clone())
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))
+    }
+
+    /// The keys to check a token with `kid` against: cached ones when they know the kid and
+    /// are fresh, otherwise refetched within the rate limit.
+    pub(crate) fn keys_for(
+        &self,
+        kid: Option<&str>,
+        policy: &RefreshPolicy,
+    ) -> Result<Arc<KeySet>, VerifyError> {
+        let fits = |c: &Cached| kid.is_none_or(|kid| c.keys.has_kid(kid));
+        let fresh = |c: &Cached| c.fetched_at.is_none_or(|at| at.elapsed() < policy.max_age);
+        let Some(fetcher) = &self.fetcher else {
+            return self
+                .cached()?
+                .map(|c| c.keys)
+                .ok_or_else(|| VerifyError::Unavailable(format!("no keys for {}", self.label)));
+        };
+        if let Some(c) = self.cached()?
+            && fits(&c)
+            && fresh(&c)
+        {
+            return Ok(c.keys);
+        }
+        // One fetch at a time per source; whoever waited here rechecks first.
+        let mut state = self.lock_fetch()?;
+        let cached = self.cached()?;
+        if let Some(c) = &cached
+            && fits(c)
+            && fresh(c)
+        {
+            return Ok(c.keys.clone());
+        }
+        let wait = if cached.is_some() {
+            policy.min_interval
+        } else {
+            policy.retry_after_failure
+        };
+        if let Some(last) = state.last_attempt
+            && last.elapsed() < wait
+        {
+            return match cached {
+                // An unknown kid within the rate limit: verification reports the missing key.
+                Some(c) => Ok(c.keys),
+                None => Err(VerifyError::Unavailable(format!(
+                    "keys of {} could not be fetched: {}",
+                    self.label,
+                    state.last_error.as_deref().unwrap_or("unknown error")
+                ))),
+            };
+        }
+        state.last_attempt = Some(Instant::now());
+        state.attempts += 1;
+        match fetcher.fetch() {
+            Ok(keys) => {
+                tracing::info!(
+                    source = %self.label,
+                    keys = keys.len(),
+                    skipped = ?keys.skipped(),
+                    "fetched signing keys"
+                );
+                let keys = Arc::new(keys);
+                *crate::lock::write(&self.keys, "key cache")
+                    .map_err(|e| VerifyError::Unavailable(e.to_string()))? = Some(Cached {
+                    keys: keys.clone(),
+                    fetched_at: Some(Instant::now()),
+                });
+                state.last_error = None;
+                Ok(keys)
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.label, error = %e, "fetching signing keys failed");
+                state.last_error = Some(e.to_string());
+                match cached {
+                    // Stale keys beat no keys while the source is unreachable.
+                    Some(c) => Ok(c.keys),
+                    None => Err(VerifyError::Unavailable(format!(
+                        "keys of {} could not be fetched: {e}",
+                        self.label
+                    ))),
                 }
             }
         }
-        if roots.is_empty() {
-            return Err(invalid(
-                issuer,
-                format!("caFile {} holds no PEM certificate", path.display()),
-            ));
-        }
-        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)));
     }
-    Ok(ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .https_only(true)
-        .http_status_as_error(false)
-        .max_redirects(3)
-        .timeout_global(Some(timeout))
-        .user_agent(concat!(
-            "workload-onboarding-endpoint/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .build()
-        .into())
 }
 
 pub(super) struct IssuerEntry {
     pub(super) issuer: Issuer,
-    /// `None`: keys are fixed (inline or file) and loaded at start.
-    pub(super) fetcher: Option<Box<dyn FetchKeys>>,
-    pub(super) keys: RwLock<Option<Cached>>,
-    pub(super) fetch: Mutex<FetchState>,
-}
-
-#[derive(Clone)]
-pub(super) struct Cached {
-    pub(super) keys: Arc<KeySet>,
-    /// `None` for fixed keys, which never go stale.
-    pub(super) fetched_at: Option<Instant>,
-}
-
-#[derive(Default)]
-pub(super) struct FetchState {
-    pub(super) last_attempt: Option<Instant>,
-    pub(super) last_error: Option<String>,
-    pub(super) attempts: u64,
+    pub(super) cache: KeyCache,
 }
 
 struct Inner {
@@ -215,11 +423,12 @@ impl JwtVerifier {
         let mut issuers = Vec::new();
         for ((issuer, source), config) in validate_issuers(configs)?.into_iter().zip(configs) {
             let name = issuer.issuer.clone();
-            let (keys, fetcher): (Option<Arc<KeySet>>, Option<Box<dyn FetchKeys>>) = match source {
+            let label = format!("issuer {name}");
+            let cache = match source {
                 KeySourceConfig::Inline(json) => {
                     let keys = KeySet::from_jwks_json(&json)
                         .map_err(|e| invalid(&name, format!("jwks: {e}")))?;
-                    (Some(Arc::new(keys)), None)
+                    KeyCache::fixed(label, keys)
                 }
                 KeySourceConfig::File(path) => {
                     let json = std::fs::read_to_string(&path).map_err(|source| {
@@ -232,41 +441,23 @@ impl JwtVerifier {
                     })?;
                     let keys = KeySet::from_jwks_json(&json)
                         .map_err(|e| invalid(&name, format!("jwksFile {}: {e}", path.display())))?;
-                    (Some(Arc::new(keys)), None)
+                    KeyCache::fixed(label, keys)
                 }
                 KeySourceConfig::Uri(uri) => {
                     let agent = http_agent(&name, config.ca_file.as_deref(), policy.http_timeout)?;
-                    let fetcher = HttpKeys {
-                        agent,
-                        issuer: name.clone(),
-                        jwks_uri: Some(uri),
-                    };
-                    (None, Some(Box::new(fetcher) as Box<dyn FetchKeys>))
+                    KeyCache::remote(label, Box::new(HttpKeys::jwks_uri(agent, uri)))
                 }
                 KeySourceConfig::Discovery => {
                     let agent = http_agent(&name, config.ca_file.as_deref(), policy.http_timeout)?;
-                    let fetcher = HttpKeys {
-                        agent,
-                        issuer: name.clone(),
-                        jwks_uri: None,
-                    };
-                    (None, Some(Box::new(fetcher) as Box<dyn FetchKeys>))
+                    KeyCache::remote(label, Box::new(HttpKeys::discovery(agent, name.clone())))
                 }
             };
-            if let Some(keys) = &keys
-                && !keys.skipped().is_empty()
+            if let Ok(Some(c)) = cache.cached()
+                && !c.keys.skipped().is_empty()
             {
-                tracing::info!(issuer = %name, skipped = ?keys.skipped(), "JWKS keys left out");
+                tracing::info!(issuer = %name, skipped = ?c.keys.skipped(), "JWKS keys left out");
             }
-            issuers.push(IssuerEntry {
-                issuer,
-                fetcher,
-                keys: RwLock::new(keys.map(|keys| Cached {
-                    keys,
-                    fetched_at: None,
-                })),
-                fetch: Mutex::new(FetchState::default()),
-            });
+            issuers.push(IssuerEntry { issuer, cache });
         }
         Ok(Self::from_entries(issuers, policy))
     }
@@ -295,7 +486,7 @@ impl JwtVerifier {
             .issuers
             .iter()
             .find(|e| e.issuer.issuer == issuer)?;
-        Some(lock(&entry.fetch).attempts)
+        entry.cache.attempts().ok()
     }
 
     /// Fetches the keys of every remote issuer that has none yet. Returns the failures
@@ -304,8 +495,8 @@ impl JwtVerifier {
     pub fn prefetch(&self) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         for entry in &self.inner.issuers {
-            if entry.fetcher.is_some()
-                && let Err(e) = self.keys_for(entry, None)
+            if entry.cache.is_remote()
+                && let Err(e) = entry.cache.keys_for(None, &self.inner.policy)
             {
                 failures.push((entry.issuer.issuer.clone(), e.to_string()));
             }
@@ -334,7 +525,9 @@ impl JwtVerifier {
             .iter()
             .find(|e| e.issuer.issuer == issuer.issuer)
             .ok_or_else(|| VerifyError::UnknownIssuer(unverified.issuer.clone()))?;
-        let keys = self.keys_for(entry, unverified.kid.as_deref())?;
+        let keys = entry
+            .cache
+            .keys_for(unverified.kid.as_deref(), &self.inner.policy)?;
         verify_token(token, &entry.issuer, &keys, ctx)
     }
 
@@ -351,96 +544,4 @@ impl JwtVerifier {
             .await
             .map_err(|e| VerifyError::Unavailable(format!("JWT verification task failed: {e}")))?
     }
-
-    /// The keys to check a token with `kid` against: cached ones when they know the kid and
-    /// are fresh, otherwise refetched within the rate limit.
-    fn keys_for(&self, entry: &IssuerEntry, kid: Option<&str>) -> Result<Arc<KeySet>, VerifyError> {
-        let policy = &self.inner.policy;
-        let fits = |c: &Cached| kid.is_none_or(|kid| c.keys.has_kid(kid));
-        let fresh = |c: &Cached| c.fetched_at.is_none_or(|at| at.elapsed() < policy.max_age);
-        let Some(fetcher) = &entry.fetcher else {
-            return read(&entry.keys)
-                .as_ref()
-                .map(|c| c.keys.clone())
-                .ok_or_else(|| {
-                    VerifyError::Unavailable(format!("no keys for issuer {}", entry.issuer.issuer))
-                });
-        };
-        if let Some(c) = read(&entry.keys).as_ref()
-            && fits(c)
-            && fresh(c)
-        {
-            return Ok(c.keys.clone());
-        }
-        // One fetch at a time per issuer; whoever waited here rechecks first.
-        let mut state = lock(&entry.fetch);
-        let cached = read(&entry.keys).clone();
-        if let Some(c) = &cached
-            && fits(c)
-            && fresh(c)
-        {
-            return Ok(c.keys.clone());
-        }
-        let wait = if cached.is_some() {
-            policy.min_interval
-        } else {
-            policy.retry_after_failure
-        };
-        if let Some(last) = state.last_attempt
-            && last.elapsed() < wait
-        {
-            return match cached {
-                // An unknown kid within the rate limit: verification reports the missing key.
-                Some(c) => Ok(c.keys),
-                None => Err(VerifyError::Unavailable(format!(
-                    "keys of issuer {} could not be fetched: {}",
-                    entry.issuer.issuer,
-                    state.last_error.as_deref().unwrap_or("unknown error")
-                ))),
-            };
-        }
-        state.last_attempt = Some(Instant::now());
-        state.attempts += 1;
-        match fetcher.fetch() {
-            Ok(keys) => {
-                tracing::info!(
-                    issuer = %entry.issuer.issuer,
-                    keys = keys.len(),
-                    skipped = ?keys.skipped(),
-                    "fetched issuer keys"
-                );
-                let keys = Arc::new(keys);
-                *write(&entry.keys) = Some(Cached {
-                    keys: keys.clone(),
-                    fetched_at: Some(Instant::now()),
-                });
-                state.last_error = None;
-                Ok(keys)
-            }
-            Err(e) => {
-                tracing::warn!(issuer = %entry.issuer.issuer, error = %e, "fetching issuer keys failed");
-                state.last_error = Some(e.clone());
-                match cached {
-                    // Stale keys beat no keys while the issuer is unreachable.
-                    Some(c) => Ok(c.keys),
-                    None => Err(VerifyError::Unavailable(format!(
-                        "keys of issuer {} could not be fetched: {e}",
-                        entry.issuer.issuer
-                    ))),
-                }
-            }
-        }
-    }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -41,13 +41,28 @@ impl fmt::Debug for KeySet {
     }
 }
 
+/// A JWKS document with no usable key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("JWKS has no \"keys\" array")]
+    NoKeysArray,
+    /// Every key was left out (the reasons), or there was none.
+    #[error(
+        "JWKS has no usable RS256 or ES256 signing key ({})",
+        if skipped.is_empty() { "it is empty".to_owned() } else { skipped.join("; ") }
+    )]
+    NoUsableKey { skipped: Vec<String> },
+}
+
 impl KeySet {
     /// Parses a JWKS document (`{"keys": [...]}`). Fails when it holds no usable key.
-    pub fn from_jwks_json(json: &str) -> Result<KeySet, String> {
+    pub fn from_jwks_json(json: &str) -> Result<KeySet, JwksError> {
         let doc: Value =
-            serde_json::from_str(json).map_err(|e| format!("JWKS is not valid JSON: {e}"))?;
+            serde_json::from_str(json).map_err(|e| JwksError::NotJson(e.to_string()))?;
         let Some(entries) = doc.get("keys").and_then(Value::as_array) else {
-            return Err("JWKS has no \"keys\" array".to_owned());
+            return Err(JwksError::NoKeysArray);
         };
         let mut keys = Vec::new();
         let mut skipped = Vec::new();
@@ -63,16 +78,17 @@ impl KeySet {
             }
         }
         if keys.is_empty() {
-            return Err(format!(
-                "JWKS has no usable RS256 or ES256 signing key ({})",
-                if skipped.is_empty() {
-                    "it is empty".to_owned()
-                } else {
-                    skipped.join("; ")
-                }
-            ));
+            return Err(JwksError::NoUsableKey { skipped });
         }
         Ok(KeySet { keys, skipped })
+    }
+
+    /// The key with `kid` for `alg`, if the set has one.
+    pub fn key(&self, kid: &str, alg: Algorithm) -> Option<&DecodingKey> {
+        self.keys
+            .iter()
+            .find(|k| k.alg == alg && k.kid.as_deref() == Some(kid))
+            .map(|k| &k.key)
     }
 
     pub fn len(&self) -> usize {
@@ -93,23 +109,43 @@ impl KeySet {
     }
 }
 
-fn verifying_key(entry: &Value) -> Result<VerifyingKey, String> {
-    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+/// Why a JWKS entry was left out.
+#[derive(Debug, thiserror::Error)]
+enum Skip {
+    #[error("not a JWK: {0}")]
+    NotJwk(String),
+    #[error("use is {0}, not sig")]
+    NotSigning(String),
+    #[error("bad modulus: {0}")]
+    BadModulus(String),
+    #[error("RSA key of {0} bits is too short")]
+    ShortRsa(usize),
+    #[error("algorithm {0} is not accepted")]
+    Algorithm(String),
+    #[error("not an RSA or P-256 key")]
+    KeyType,
+    #[error("unusable key: {0}")]
+    Unusable(String),
+}
+
+fn verifying_key(entry: &Value) -> Result<VerifyingKey, Skip> {
+    let jwk: Jwk =
+        serde_json::from_value(entry.clone()).map_err(|e| Skip::NotJwk(e.to_string()))?;
     match &jwk.common.public_key_use {
         None | Some(PublicKeyUse::Signature) => {}
-        Some(other) => return Err(format!("use is {other:?}, not sig")),
+        Some(other) => return Err(Skip::NotSigning(format!("{other:?}"))),
     }
     let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
         (Some(KeyAlgorithm::RS256) | None, AlgorithmParameters::RSA(rsa)) => {
             let bits = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(rsa.n.trim_end_matches('='))
-                .map_err(|e| format!("bad modulus: {e}"))?
+                .map_err(|e| Skip::BadModulus(e.to_string()))?
                 .iter()
                 .skip_while(|b| **b == 0)
                 .count()
                 * 8;
             if bits < MIN_RSA_BITS {
-                return Err(format!("RSA key of {bits} bits is too short"));
+                return Err(Skip::ShortRsa(bits));
             }
             Algorithm::RS256
         }
@@ -118,10 +154,10 @@ fn verifying_key(entry: &Value) -> Result<VerifyingKey, String> {
         {
             Algorithm::ES256
         }
-        (Some(alg), _) => return Err(format!("algorithm {alg:?} is not accepted")),
-        (None, _) => return Err("not an RSA or P-256 key".to_owned()),
+        (Some(alg), _) => return Err(Skip::Algorithm(format!("{alg:?}"))),
+        (None, _) => return Err(Skip::KeyType),
     };
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| Skip::Unusable(e.to_string()))?;
     Ok(VerifyingKey {
         kid: jwk.common.key_id.clone(),
         alg,

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -485,15 +485,22 @@ struct ScriptedKeys {
 }
 
 impl FetchKeys for ScriptedKeys {
-    fn fetch(&self) -> Result<KeySet, String> {
+    fn fetch(&self) -> Result<KeySet, FetchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut docs = lock(&self.documents);
+        let mut docs = self.documents.lock().expect("test lock");
         let doc = if docs.len() > 1 {
             docs.remove(0)
         } else {
             docs[0].clone()
         };
-        KeySet::from_jwks_json(&doc?)
+        let doc = doc.map_err(|detail| FetchError::Get {
+            url: "scripted".into(),
+            detail,
+        })?;
+        KeySet::from_jwks_json(&doc).map_err(|error| FetchError::Keys {
+            origin: "scripted".into(),
+            error,
+        })
     }
 }
 
@@ -504,13 +511,14 @@ fn remote_verifier(
     let calls = Arc::new(AtomicU64::new(0));
     let (issuer, _) = config().validate().expect("valid");
     let entry = IssuerEntry {
+        cache: KeyCache::remote(
+            format!("issuer {}", issuer.issuer),
+            Box::new(ScriptedKeys {
+                documents: Mutex::new(documents),
+                calls: calls.clone(),
+            }),
+        ),
         issuer,
-        fetcher: Some(Box::new(ScriptedKeys {
-            documents: Mutex::new(documents),
-            calls: calls.clone(),
-        })),
-        keys: RwLock::new(None),
-        fetch: Mutex::new(FetchState::default()),
     };
     (JwtVerifier::from_entries(vec![entry], policy), calls)
 }
