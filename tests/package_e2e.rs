@@ -1018,9 +1018,18 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
         "{}",
         diag()
     );
+    // The certificate came from a CSR pilot-agent sent istiod (authenticated with the
+    // istio-token the agent wrote), not from a file anyone placed.
+    let journal = h.ct.journal(&[SIDECAR_UNIT]);
+    assert!(
+        journal.contains("generated new workload certificate"),
+        "pilot-agent did not log a certificate from istiod{}",
+        diag()
+    );
     eprintln!(
-        "{TEST}: pilot-agent got {} from istiod in {:?} (whole test)",
+        "{TEST}: pilot-agent got {} from istiod in {:?} (whole test)\n--- istio-sidecar.service journal (tail)\n{}",
         uri_sans(&certs[0]).join(","),
-        started.elapsed()
+        started.elapsed(),
+        nspawn::tail(&journal, 25)
     );
 }
