@@ -12,13 +12,25 @@
 //! purge` removes them, the agent's state and links, and its /etc/hosts block, and leaves
 //! the administrator's own files.
 //!
+//! `deb_installed_agent_feeds_the_real_pilot_agent_under_systemd`: the same install, but
+//! istio-sidecar.service is the real thing: istio-start.sh running the real pilot-agent
+//! (built from istio.io/istio, static, copied into the root; `DISABLE_ENVOY=true`, as root),
+//! against real istiod on the real kube-apiserver (tests/support/istio.rs, kube.rs) and the
+//! endpoint on the kube store. After `systemctl enable --now onboarding-agent` the agent
+//! onboards and restarts the sidecar; pilot-agent reads the rendered cluster.env, resolves
+//! istiod through the hosts block the agent wrote into the container's /etc/hosts (the
+//! container shares the host network; istiod listens on 127.0.0.1:15012), sends a CSR with
+//! the istio-token the agent wrote and puts the certificate istiod signed into /etc/certs.
+//! Without the kube-harness and istio-harness binaries (GO_BIN_CACHE) it skips like the
+//! others.
+//!
 //! `rpm_installs_into_a_prepared_root`: an RPM distribution cannot be booted here (no
 //! RPM-based root can be built from Debian's archive), so the .rpm is installed with `rpm
 //! --root` into an extracted Debian root (which has the /bin/sh and systemctl its scriptlets
 //! call), and its file list, config files, scriptlets and unit are checked, then a
 //! reinstall keeps an edited config and an erase saves it as .rpmsave.
 //!
-//! Both need the packages from `packaging/build-packages.sh` in target/packages (.ci/run
+//! All need the packages from `packaging/build-packages.sh` in target/packages (.ci/run
 //! builds them first); without them, or without root and systemd-nspawn, the tests print a
 //! SKIPPED line and pass, except under CI=true, where they fail.
 
