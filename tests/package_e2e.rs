@@ -14,7 +14,8 @@
 //!
 //! `deb_installed_agent_feeds_the_real_pilot_agent_under_systemd`: the same install, but
 //! istio-sidecar.service is the real thing: istio-start.sh running the real pilot-agent
-//! (built from istio.io/istio, static, copied into the root; `DISABLE_ENVOY=true`, as root),
+//! (built from istio.io/istio, static, copied into the root; `DISABLE_ENVOY=true`, as
+//! istio-proxy),
 //! against real istiod on the real kube-apiserver (tests/support/istio.rs, kube.rs) and the
 //! endpoint on the kube store. After `systemctl enable --now onboarding-agent` the agent
 //! onboards and restarts the sidecar; pilot-agent reads the rendered cluster.env, resolves
@@ -742,16 +743,17 @@ const ISTIOD_PORT: u16 = 15012;
 /// What the istio-sidecar package installs as istio-sidecar.service (Istio's
 /// tools/packaging/common/istio.service), with `WorkingDirectory=/` spelled out: the script
 /// reads `./var/lib/istio/envoy/*.env` and pilot-agent `./etc/...` relative to `/`.
-/// `User=root` (systemd then sets `$USER`) with `EXEC_USER=root` in sidecar.env: the script
-/// starts pilot-agent directly instead of through `sudo -u istio-proxy`, which the minimal
-/// root does not have.
+/// `User=istio-proxy` (systemd then sets `$USER`) with `EXEC_USER=istio-proxy` in
+/// sidecar.env: the script starts pilot-agent directly, as istio-proxy, instead of from root
+/// through `sudo -E -u istio-proxy` (the package's unit runs as root), since the minimal
+/// root has no sudo; pilot-agent runs as the same user either way.
 const SIDECAR_UNIT_REAL: &str = "\
 [Unit]
 Description=istio-sidecar: the real pilot-agent, started by istio-start.sh (test)
 StartLimitIntervalSec=0
 
 [Service]
-User=root
+User=istio-proxy
 WorkingDirectory=/
 ExecStart=/bin/bash /usr/local/bin/istio-start.sh
 Restart=always
@@ -765,7 +767,7 @@ RestartSec=2s
 const SIDECAR_ENV: &str = "\
 DISABLE_ENVOY=true
 ISTIO_BIN_BASE=/usr/local/bin
-EXEC_USER=root
+EXEC_USER=istio-proxy
 POD_NAME=vm-1
 ";
 
@@ -946,6 +948,12 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
     let diag = || format!("{}\n--- istiod (tail)\n{}", h.diag(), istiod.log_tail(40));
 
     h.sh_ok("useradd --system --no-create-home --shell /usr/sbin/nologin istio-proxy");
+    // What the istio-sidecar package's postinst does: the user, and the directories
+    // pilot-agent writes into (certificates, its gRPC bootstrap and XDS socket) as its.
+    h.sh_ok(
+        "install -d -o istio-proxy -g istio-proxy /etc/certs /etc/istio/proxy /etc/istio/config \
+         /var/lib/istio/envoy /var/log/istio",
+    );
     h.sh_ok("cd /root && sha256sum --check onboarding-agent.deb.sha256");
     h.sh_ok("cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y ./onboarding-agent.deb");
     h.sh_ok(
@@ -989,6 +997,11 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
             chain = h.ct.read("/etc/certs/cert-chain.pem").unwrap_or_default();
             !chain.is_empty()
         },
+    );
+    assert_eq!(
+        h.ct.stat("/etc/certs/cert-chain.pem").map(|(_, owner)| owner),
+        Ok("istio-proxy".to_string()),
+        "cert-chain.pem not written by pilot-agent running as istio-proxy"
     );
     let certs = Certificate::load_pem_chain(chain.as_bytes())
         .unwrap_or_else(|e| panic!("cert-chain.pem: {e}\n{chain}"));
