@@ -999,7 +999,8 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
         },
     );
     assert_eq!(
-        h.ct.stat("/etc/certs/cert-chain.pem").map(|(_, owner)| owner),
+        h.ct.stat("/etc/certs/cert-chain.pem")
+            .map(|(_, owner)| owner),
         Ok("istio-proxy".to_string()),
         "cert-chain.pem not written by pilot-agent running as istio-proxy"
     );
@@ -1032,13 +1033,17 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
         "the workload certificate is not issued by the mesh root"
     );
     assert_eq!(
-        h.sh("systemctl is-active istio-sidecar.service").stdout.trim(),
+        h.sh("systemctl is-active istio-sidecar.service")
+            .stdout
+            .trim(),
         "active",
         "{}",
         diag()
     );
     assert_eq!(
-        h.sh("systemctl is-active onboarding-agent.service").stdout.trim(),
+        h.sh("systemctl is-active onboarding-agent.service")
+            .stdout
+            .trim(),
         "active",
         "{}",
         diag()
