@@ -12,13 +12,26 @@
 //! purge` removes them, the agent's state and links, and its /etc/hosts block, and leaves
 //! the administrator's own files.
 //!
+//! `deb_installed_agent_feeds_the_real_pilot_agent_under_systemd`: the same install, but
+//! istio-sidecar.service is the real thing: istio-start.sh running the real pilot-agent
+//! (built from istio.io/istio, static, copied into the root; `DISABLE_ENVOY=true`, as
+//! istio-proxy),
+//! against real istiod on the real kube-apiserver (tests/support/istio.rs, kube.rs) and the
+//! endpoint on the kube store. After `systemctl enable --now onboarding-agent` the agent
+//! onboards and restarts the sidecar; pilot-agent reads the rendered cluster.env, resolves
+//! istiod through the hosts block the agent wrote into the container's /etc/hosts (the
+//! container shares the host network; istiod listens on 127.0.0.1:15012), sends a CSR with
+//! the istio-token the agent wrote and puts the certificate istiod signed into /etc/certs.
+//! Without the kube-harness and istio-harness binaries (GO_BIN_CACHE) it skips like the
+//! others.
+//!
 //! `rpm_installs_into_a_prepared_root`: an RPM distribution cannot be booted here (no
 //! RPM-based root can be built from Debian's archive), so the .rpm is installed with `rpm
 //! --root` into an extracted Debian root (which has the /bin/sh and systemctl its scriptlets
 //! call), and its file list, config files, scriptlets and unit are checked, then a
 //! reinstall keeps an edited config and an erase saves it as .rpmsave.
 //!
-//! Both need the packages from `packaging/build-packages.sh` in target/packages (.ci/run
+//! All need the packages from `packaging/build-packages.sh` in target/packages (.ci/run
 //! builds them first); without them, or without root and systemd-nspawn, the tests print a
 //! SKIPPED line and pass, except under CI=true, where they fail.
 
@@ -26,6 +39,10 @@
 mod agent_support;
 #[path = "support/endpoint.rs"]
 mod endpoint;
+#[path = "support/istio.rs"]
+mod istio;
+#[path = "support/kube.rs"]
+mod kube;
 #[path = "support/nspawn.rs"]
 mod nspawn;
 
@@ -34,8 +51,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::onboarding_config;
-use endpoint::{Endpoint, NS, Options, vm_jwt};
+use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, vm_jwt};
+use istio::{Istiod, istio_bin_dir};
+use kube::KubeHarness;
 use nspawn::{Container, Root};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, oid::AssociatedOid};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
 
 const WAR: &str = "ratings-jwt-corp-vm-0001";
 const AGENT_UNIT: &str = "onboarding-agent.service";
@@ -708,5 +731,335 @@ fn rpm_installs_into_a_prepared_root() {
     assert_eq!(
         endpoint::read(&root.path("/etc/onboarding-agent/agent.config.yaml.rpmsave")),
         AGENT_CONFIG
+    );
+}
+
+/// The ServiceAccount of the WorkloadGroup the real-istiod test registers into.
+const SA: &str = "ratings-vm";
+const ENDPOINT_NS: &str = "onboarding";
+/// The port every rendered file names for istiod (`CA_ADDR`, `discoveryAddress`).
+const ISTIOD_PORT: u16 = 15012;
+
+/// What the istio-sidecar package installs as istio-sidecar.service (Istio's
+/// tools/packaging/common/istio.service), with `WorkingDirectory=/` spelled out: the script
+/// reads `./var/lib/istio/envoy/*.env` and pilot-agent `./etc/...` relative to `/`.
+/// `User=istio-proxy` (systemd then sets `$USER`) with `EXEC_USER=istio-proxy` in
+/// sidecar.env: the script starts pilot-agent directly, as istio-proxy, instead of from root
+/// through `sudo -E -u istio-proxy` (the package's unit runs as root), since the minimal
+/// root has no sudo; pilot-agent runs as the same user either way.
+const SIDECAR_UNIT_REAL: &str = "\
+[Unit]
+Description=istio-sidecar: the real pilot-agent, started by istio-start.sh (test)
+StartLimitIntervalSec=0
+
+[Service]
+User=istio-proxy
+WorkingDirectory=/
+ExecStart=/bin/bash /usr/local/bin/istio-start.sh
+Restart=always
+RestartSec=2s
+";
+
+/// The host settings the istio-sidecar package leaves to the administrator: no Envoy
+/// binary here (pilot-agent alone obtains the certificate), the binaries' directory, the
+/// user the script runs pilot-agent as, and the pod name istio-start.sh would otherwise
+/// take from `hostname -s`.
+const SIDECAR_ENV: &str = "\
+DISABLE_ENVOY=true
+ISTIO_BIN_BASE=/usr/local/bin
+EXEC_USER=istio-proxy
+POD_NAME=vm-1
+";
+
+fn workload_group() -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: ratings
+  namespace: {NS}
+  labels: {{app: ratings}}
+spec:
+  metadata:
+    labels: {{app: ratings}}
+  template:
+    labels: {{app: ratings, class: vm}}
+    serviceAccount: {SA}
+    ports: {{http: 8080}}
+"#
+    )
+}
+
+fn crds_output() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
+        .arg("crds")
+        .output()
+        .unwrap_or_else(|e| panic!("run onboarding-endpoint crds: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("CRDs not UTF-8: {e}"))
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
+fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: harness
+  cluster: {{server: {server}, certificate-authority: {ca}}}
+users:
+- name: {sa}
+  user: {{token: {token}}}
+contexts:
+- name: {sa}
+  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
+current-context: {sa}
+",
+            server = h.ready.server,
+            ca = h.ready.ca_file.display(),
+            token = token.trim()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+fn uri_sans(cert: &Certificate) -> Vec<String> {
+    let mut out = Vec::new();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id == SubjectAltName::OID {
+            let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
+                .unwrap_or_else(|e| panic!("SAN: {e}"));
+            for name in san.0 {
+                if let GeneralName::UniformResourceIdentifier(uri) = name {
+                    out.push(uri.as_str().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The installed package feeding the real sidecar: istiod (built from istio.io/istio) on
+/// the real kube-apiserver, the endpoint on the kube store, and inside the booted Debian
+/// root the .deb installed with apt, configured, `systemctl enable --now onboarding-agent`;
+/// the agent onboards, writes the files and restarts istio-sidecar.service, which here is
+/// istio-start.sh running the real pilot-agent (`DISABLE_ENVOY=true`). pilot-agent resolves
+/// `istiod.istio-system.svc` through the hosts block the agent wrote into the container's
+/// own /etc/hosts (the container is on the host network, istiod on 127.0.0.1:15012),
+/// authenticates with the istio-token the agent wrote, and puts the workload certificate
+/// istiod signed into /etc/certs (`OUTPUT_CERTS`).
+#[test]
+fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
+    const TEST: &str = "package_e2e (deb + real pilot-agent)";
+    let started = Instant::now();
+    if !nspawn::available_or_skip(TEST) {
+        return;
+    }
+    let Some(deb) = package_or_skip(TEST, "deb") else {
+        return;
+    };
+    let Some(kube) = KubeHarness::start() else {
+        return;
+    };
+    let Some(istio_bin) = istio_bin_dir() else {
+        return;
+    };
+    for ns in [NS, ENDPOINT_NS] {
+        kube.kubectl(&["create", "namespace", ns]);
+    }
+    kube.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
+    let istiod = Istiod::start_on(&kube, &istio_bin, istio::MESH, NS, Some(ISTIOD_PORT));
+    kube.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
+    kube.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
+        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
+    ]);
+    kube.kubectl_in(&["apply", "-f", "-"], Some(&workload_group()));
+    kube.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
+    let rbac = endpoint::repo().join("packaging/kubernetes/rbac.yaml");
+    kube.kubectl(&["apply", "-f", &rbac.to_string_lossy()]);
+    let kubeconfig =
+        service_account_kubeconfig(&kube, ENDPOINT_NS, "onboarding-endpoint", kube.dir());
+    let mut ep = Endpoint::start_in(
+        Options::default(),
+        Extra::default(),
+        StoreChoice {
+            store: Some(format!(
+                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
+                kubeconfig.display()
+            )),
+            instance_name: Some("endpoint-a".into()),
+        },
+    );
+    // The VM reaches istiod through "the gateway", here the host's loopback, which the
+    // container shares.
+    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+
+    let (tarball, _) = nspawn::cached_root();
+    let root = Root::extract(&tarball);
+    root.write("/root/onboarding-agent.deb", read_bytes(&deb), 0o644);
+    root.write(
+        "/root/onboarding-agent.deb.sha256",
+        read_bytes(&deb.with_extension("deb.sha256")),
+        0o644,
+    );
+    root.write("/root/stage/ca.pem", &ep.ca_pem, 0o644);
+    root.write("/root/stage/jwt", vm_jwt("vm-0001", &ep.plane_uid), 0o600);
+    root.write(
+        "/root/stage/onboarding.config.yaml",
+        onboarding_config(&ep, Path::new("/etc/onboarding-agent/ca.pem"), "ratings"),
+        0o644,
+    );
+    root.write("/root/stage/agent.config.yaml", AGENT_CONFIG, 0o644);
+    // What the istio-sidecar package would have put in place: its binaries (pilot-agent is
+    // a static Go binary, so it runs in any root), its unit, and the host's sidecar.env.
+    root.write(
+        "/usr/local/bin/pilot-agent",
+        read_bytes(&istio_bin.join("pilot-agent")),
+        0o755,
+    );
+    root.write(
+        "/usr/local/bin/istio-start.sh",
+        read_bytes(&istio_bin.join("istio-start.sh")),
+        0o755,
+    );
+    root.write(
+        "/etc/systemd/system/istio-sidecar.service",
+        SIDECAR_UNIT_REAL,
+        0o644,
+    );
+    root.write("/var/lib/istio/envoy/sidecar.env", SIDECAR_ENV, 0o644);
+    root.write("/etc/hosts", HOSTS, 0o644);
+    let name = format!("onboarding-istio-{}", std::process::id());
+    let ct = root.boot(&name, Duration::from_secs(90));
+    let h = Harness { ct, ep };
+    let diag = || format!("{}\n--- istiod (tail)\n{}", h.diag(), istiod.log_tail(40));
+
+    h.sh_ok("useradd --system --no-create-home --shell /usr/sbin/nologin istio-proxy");
+    // What the istio-sidecar package's postinst does: the user, and the directories
+    // pilot-agent writes into (certificates, its gRPC bootstrap and XDS socket) as its.
+    h.sh_ok(
+        "install -d -o istio-proxy -g istio-proxy /etc/certs /etc/istio/proxy /etc/istio/config \
+         /var/lib/istio/envoy /var/log/istio",
+    );
+    h.sh_ok("cd /root && sha256sum --check onboarding-agent.deb.sha256");
+    h.sh_ok("cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y ./onboarding-agent.deb");
+    h.sh_ok(
+        "install -m 0644 /root/stage/onboarding.config.yaml /root/stage/ca.pem /etc/onboarding-agent/ \
+         && install -m 0600 /root/stage/jwt /etc/onboarding-agent/jwt \
+         && cat /root/stage/agent.config.yaml > /etc/onboarding-agent/agent.config.yaml",
+    );
+    assert!(
+        !h.exists("/etc/certs/cert-chain.pem"),
+        "a workload certificate before onboarding"
+    );
+    h.sh_ok("systemctl enable --now onboarding-agent");
+    h.wait("the agent connected", Duration::from_secs(60), || {
+        h.connected()
+    });
+    let cluster_env = h.ct.read(CLUSTER_ENV).unwrap_or_default();
+    for line in [
+        "CA_ADDR='istiod.istio-system.svc:15012'",
+        "ISTIO_CUSTOM_IP_TABLES='true'",
+        &format!("ISTIO_META_WORKLOAD_ENTRY='{WAR}'"),
+    ] {
+        assert!(
+            cluster_env.lines().any(|l| l == line),
+            "cluster.env lacks {line}:\n{cluster_env}"
+        );
+    }
+    assert!(
+        h.ct.read("/etc/hosts")
+            .unwrap_or_default()
+            .contains("127.0.0.1 istiod.istio-system.svc"),
+        "the hosts block does not point istiod at the loopback{}",
+        diag()
+    );
+
+    // pilot-agent, restarted by the agent, fetches the certificate from istiod.
+    let mut chain = String::new();
+    h.wait(
+        "pilot-agent writes /etc/certs/cert-chain.pem",
+        Duration::from_secs(120),
+        || {
+            chain = h.ct.read("/etc/certs/cert-chain.pem").unwrap_or_default();
+            !chain.is_empty()
+        },
+    );
+    assert_eq!(
+        h.ct.stat("/etc/certs/cert-chain.pem")
+            .map(|(_, owner)| owner),
+        Ok("istio-proxy".to_string()),
+        "cert-chain.pem not written by pilot-agent running as istio-proxy"
+    );
+    let certs = Certificate::load_pem_chain(chain.as_bytes())
+        .unwrap_or_else(|e| panic!("cert-chain.pem: {e}\n{chain}"));
+    assert_eq!(
+        uri_sans(&certs[0]),
+        vec![format!("spiffe://cluster.local/ns/{NS}/sa/{SA}")],
+        "the workload certificate's identity"
+    );
+    let published_root = kube.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "istio-ca-root-cert",
+        "-o",
+        "jsonpath={.data.root-cert\\.pem}",
+    ]);
+    let root_cert = h.ct.read("/etc/certs/root-cert.pem").unwrap_or_default();
+    assert_eq!(
+        root_cert.trim(),
+        published_root.trim(),
+        "/etc/certs/root-cert.pem is not istiod's root"
+    );
+    let roots = Certificate::load_pem_chain(published_root.as_bytes())
+        .unwrap_or_else(|e| panic!("istiod's root: {e}"));
+    assert_eq!(
+        certs[0].tbs_certificate.issuer, roots[0].tbs_certificate.subject,
+        "the workload certificate is not issued by the mesh root"
+    );
+    assert_eq!(
+        h.sh("systemctl is-active istio-sidecar.service")
+            .stdout
+            .trim(),
+        "active",
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        h.sh("systemctl is-active onboarding-agent.service")
+            .stdout
+            .trim(),
+        "active",
+        "{}",
+        diag()
+    );
+    // The certificate came from a CSR pilot-agent sent istiod (authenticated with the
+    // istio-token the agent wrote), not from a file anyone placed.
+    let journal = h.ct.journal(&[SIDECAR_UNIT]);
+    assert!(
+        journal.contains("generated new workload certificate"),
+        "pilot-agent did not log a certificate from istiod{}",
+        diag()
+    );
+    eprintln!(
+        "{TEST}: pilot-agent got {} from istiod in {:?} (whole test)\n--- istio-sidecar.service journal (tail)\n{}",
+        uri_sans(&certs[0]).join(","),
+        started.elapsed(),
+        nspawn::tail(&journal, 25)
     );
 }
