@@ -16,6 +16,9 @@ use crate::identity::gcp::GcpConfig;
 use crate::identity::jwt::IssuerConfig;
 use crate::store::file::IstioTokenSource;
 
+mod paths;
+pub use paths::ConfigPaths;
+
 pub const API_VERSION: &str = "config.endpoint.onboarding.tetrate.io/v1alpha1";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15443";
 
@@ -524,68 +527,15 @@ impl EndpointConfig {
         Ok(cfg)
     }
 
+    /// Joins every relative path of the configuration to `base` (the config file's
+    /// directory). Which fields are paths is [`ConfigPaths`]' business: the compiler makes
+    /// each section list all its fields there.
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
+        self.visit_paths(&mut |p| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
-        };
-        if let Some(t) = &mut self.tls {
-            fix(&mut t.cert_file);
-            fix(&mut t.key_file);
-        }
-        if let Some(k) = &mut self.token_issuer.signing_key_file {
-            fix(k);
-        }
-        if let Some(f) = &mut self.store.file {
-            fix(&mut f.config_dir);
-            fix(&mut f.state_dir);
-        }
-        if let Some(k) = self.store.kube.as_mut().and_then(|k| k.kubeconfig.as_mut()) {
-            fix(k);
-        }
-        if let Some(d) = &mut self.templates.dir {
-            fix(d);
-        }
-        if let Some(t) = &mut self.istio_token
-            && let Some(f) = &mut t.file
-        {
-            fix(f);
-        }
-        let auth = &mut self.authentication;
-        if let Some(ec2) = auth.aws.as_mut().and_then(|a| a.ec2.as_mut()) {
-            for c in &mut ec2.certificates {
-                fix(&mut c.file);
-            }
-        }
-        if let Some(f) = auth
-            .aws
-            .as_mut()
-            .and_then(|a| a.api.as_mut())
-            .and_then(|a| a.credentials_file.as_mut())
-        {
-            fix(f);
-        }
-        if let Some(f) = auth.gcp.as_mut().and_then(|g| g.jwks_file.as_mut()) {
-            fix(f);
-        }
-        if let Some(az) = auth.azure.as_mut() {
-            for f in az
-                .root_certificates
-                .iter_mut()
-                .chain(az.intermediate_certificates.iter_mut())
-            {
-                fix(f);
-            }
-        }
-        for i in &mut self.authentication.jwt.issuers {
-            if let Some(f) = &mut i.jwks_file {
-                fix(f);
-            }
-            if let Some(f) = &mut i.ca_file {
-                fix(f);
-            }
-        }
+        });
     }
 
     pub fn validate(&self) -> Result<(), String> {
