@@ -7,6 +7,7 @@ pub mod dev_certs;
 pub mod metrics;
 pub mod plane;
 pub mod render;
+pub mod run;
 pub mod server;
 pub mod service;
 pub mod tls;
