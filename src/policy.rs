@@ -154,15 +154,21 @@ fn identity_mismatch(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Resu
             None => platform_mismatch(),
         },
         WorkloadIdentity::Aws(aws) => match &m.aws {
-            Some(am) => crate::identity::aws::matches(am, aws).map_err(|e| Mismatch(format!("aws: {e}"))),
+            Some(am) => {
+                crate::identity::aws::matches(am, aws).map_err(|e| Mismatch(format!("aws: {e}")))
+            }
             None => platform_mismatch(),
         },
         WorkloadIdentity::Gcp(gcp) => match &m.gcp {
-            Some(gm) => crate::identity::gcp::matches(gm, gcp).map_err(|e| Mismatch(format!("gcp: {e}"))),
+            Some(gm) => {
+                crate::identity::gcp::matches(gm, gcp).map_err(|e| Mismatch(format!("gcp: {e}")))
+            }
             None => platform_mismatch(),
         },
         WorkloadIdentity::Azure(az) => match &m.azure {
-            Some(zm) => crate::identity::azure::matches(zm, az).map_err(|e| Mismatch(format!("azure: {e}"))),
+            Some(zm) => {
+                crate::identity::azure::matches(zm, az).map_err(|e| Mismatch(format!("azure: {e}")))
+            }
             None => platform_mismatch(),
         },
     }

@@ -158,10 +158,7 @@ fn run() -> Result<()> {
         }
         Command::Render(args) => render::run(&args),
         Command::Crds => {
-            print!(
-                "{}",
-                kube_store::crds::crds_yaml().map_err(|e| anyhow::anyhow!("{e}"))?
-            );
+            print!("{}", kube_store::crds::crds_yaml()?);
             Ok(())
         }
         Command::Identity {

@@ -498,6 +498,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// What is wrong with a configuration that parsed: one line naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl From<String> for InvalidConfig {
+    fn from(s: String) -> Self {
+        InvalidConfig(s)
+    }
+}
+
+impl From<&str> for InvalidConfig {
+    fn from(s: &str) -> Self {
+        InvalidConfig(s.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
@@ -520,8 +537,8 @@ impl EndpointConfig {
         let mut cfg: EndpointConfig = crate::yaml::from_str(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate().map_err(|message| ConfigError::Invalid {
-            message,
+        cfg.validate().map_err(|e| ConfigError::Invalid {
+            message: e.0,
             path: path.to_path_buf(),
         })?;
         Ok(cfg)
@@ -538,12 +555,9 @@ impl EndpointConfig {
         });
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.kind != "EndpointConfiguration" {
-            return Err(format!(
-                "kind must be EndpointConfiguration, not {:?}",
-                self.kind
-            ));
+            return Err(format!("kind must be EndpointConfiguration, not {:?}", self.kind).into());
         }
         self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
             format!(
@@ -593,7 +607,7 @@ impl EndpointConfig {
         self.validate_cloud()
     }
 
-    fn validate_cloud(&self) -> Result<(), String> {
+    fn validate_cloud(&self) -> Result<(), InvalidConfig> {
         let auth = &self.authentication;
         if let Some(aws) = &auth.aws {
             if aws.ec2.is_none() && aws.ecs.is_none() {
@@ -617,7 +631,8 @@ impl EndpointConfig {
                     if c.region.trim().is_empty() {
                         return Err(format!(
                             "authentication.aws.ec2.certificates[{i}].region: must not be empty"
-                        ));
+                        )
+                        .into());
                     }
                 }
             }

@@ -23,10 +23,9 @@ pub(super) fn serve(
         // UID: both live in a Secret of the endpoint's namespace (created once).
         let shared =
             kube_store::plane::load_or_create(&client, &namespace, &k.state_secret, || {
-                Ok(kube_store::plane::PlaneState {
+                Ok::<_, token::TokenError>(kube_store::plane::PlaneState {
                     plane_uid: uuid::Uuid::new_v4().to_string(),
-                    signing_key_pem: token::generate_signing_key_pem()
-                        .map_err(|e| e.to_string())?,
+                    signing_key_pem: token::generate_signing_key_pem()?,
                 })
             })
             .await
