@@ -120,7 +120,7 @@ pub fn evaluate(
 /// value the identity has and what the matcher allows, so that an operator reading a denial
 /// can fix the policy (or see that the host is not who it should be) without a debugger.
 pub fn match_identity(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), Mismatch> {
-    identity_mismatch(m, id).map_err(Mismatch)
+    identity_mismatch(m, id)
 }
 
 /// Why a matcher or a selector does not match: one line for the operator reading a denial.
@@ -135,12 +135,15 @@ impl std::ops::Deref for Mismatch {
     }
 }
 
-// The reasons are built as plain strings inside this module; they become a `Mismatch` at
-// its edge (`match_identity`, `explain_selector`).
-fn identity_mismatch(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), String> {
+/// `Err(Mismatch(reason))`: the reasons below are one line each.
+fn miss(reason: String) -> Result<(), Mismatch> {
+    Err(Mismatch(reason))
+}
+
+fn identity_mismatch(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Result<(), Mismatch> {
     let platform_mismatch = || {
         let kind = matcher_kind(m);
-        Err(format!(
+        miss(format!(
             "{kind}: the identity is {}, not {kind}",
             id.platform()
         ))
@@ -151,15 +154,21 @@ fn identity_mismatch(m: &WorkloadIdentityMatcher, id: &WorkloadIdentity) -> Resu
             None => platform_mismatch(),
         },
         WorkloadIdentity::Aws(aws) => match &m.aws {
-            Some(am) => crate::identity::aws::matches(am, aws).map_err(|e| format!("aws: {e}")),
+            Some(am) => {
+                crate::identity::aws::matches(am, aws).map_err(|e| Mismatch(format!("aws: {e}")))
+            }
             None => platform_mismatch(),
         },
         WorkloadIdentity::Gcp(gcp) => match &m.gcp {
-            Some(gm) => crate::identity::gcp::matches(gm, gcp).map_err(|e| format!("gcp: {e}")),
+            Some(gm) => {
+                crate::identity::gcp::matches(gm, gcp).map_err(|e| Mismatch(format!("gcp: {e}")))
+            }
             None => platform_mismatch(),
         },
         WorkloadIdentity::Azure(az) => match &m.azure {
-            Some(zm) => crate::identity::azure::matches(zm, az).map_err(|e| format!("azure: {e}")),
+            Some(zm) => {
+                crate::identity::azure::matches(zm, az).map_err(|e| Mismatch(format!("azure: {e}")))
+            }
             None => platform_mismatch(),
         },
     }
@@ -181,16 +190,16 @@ fn matcher_kind(m: &WorkloadIdentityMatcher) -> &'static str {
     }
 }
 
-fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
+fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), Mismatch> {
     if m.issuer != id.issuer {
-        return Err(format!(
+        return miss(format!(
             "jwt.issuer: got {}, want {}",
             quote(&id.issuer),
             quote(&m.issuer)
         ));
     }
     if !m.subjects.is_empty() && !m.subjects.contains(&id.subject) {
-        return Err(format!(
+        return miss(format!(
             "jwt.subjects: {} not in {}",
             quote(&id.subject),
             quote_list(&m.subjects)
@@ -204,13 +213,13 @@ fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
         };
         match id.attributes.get(&a.name) {
             None => {
-                return Err(format!(
+                return miss(format!(
                     "jwt.attributes {}: missing from the token, want {want}",
                     key(&a.name)
                 ));
             }
             Some(v) if !a.values.is_empty() && !a.values.contains(v) => {
-                return Err(format!(
+                return miss(format!(
                     "jwt.attributes {}: {} not in {}",
                     key(&a.name),
                     quote(v),
@@ -227,10 +236,10 @@ fn match_jwt(m: &JwtIdentityMatcher, id: &JwtIdentity) -> Result<(), String> {
 /// [`LabelSelector::matches`]); `Err` names every requirement that failed, with the label's
 /// actual value and the wanted one.
 pub fn explain_selector(selector: &LabelSelector, labels: &Labels) -> Result<(), Mismatch> {
-    selector_mismatch(selector, labels).map_err(Mismatch)
+    selector_mismatch(selector, labels)
 }
 
-fn selector_mismatch(selector: &LabelSelector, labels: &Labels) -> Result<(), String> {
+fn selector_mismatch(selector: &LabelSelector, labels: &Labels) -> Result<(), Mismatch> {
     let mut misses = Vec::new();
     for (k, want) in &selector.match_labels {
         match labels.get(k) {
@@ -267,7 +276,7 @@ fn selector_mismatch(selector: &LabelSelector, labels: &Labels) -> Result<(), St
     if misses.is_empty() {
         Ok(())
     } else {
-        Err(misses.join(", "))
+        miss(misses.join(", "))
     }
 }
 

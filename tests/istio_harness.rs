@@ -14,12 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use istio::{Istiod, MESH, free_port, istio_bin_dir};
+use istio::{AgentGroup, Istiod, MESH, free_port, istio_bin_dir, uri_sans};
 use kube::{KubeHarness, die_with_parent};
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, oid::AssociatedOid};
-use x509_cert::ext::pkix::SubjectAltName;
-use x509_cert::ext::pkix::name::GeneralName;
 
 const NS: &str = "vm-ns";
 const SA: &str = "vm-sa";
@@ -29,52 +26,6 @@ fn write(root: &Path, rel: &str, body: &str, mode: u32) {
     std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
     std::fs::write(&p, body).expect("write");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn uri_sans(cert: &Certificate) -> Vec<String> {
-    let mut out = Vec::new();
-    for ext in cert.tbs_certificate.extensions.iter().flatten() {
-        if ext.extn_id == SubjectAltName::OID {
-            let san = SubjectAltName::from_der(ext.extn_value.as_bytes()).expect("SAN");
-            for name in san.0 {
-                if let GeneralName::UniformResourceIdentifier(uri) = name {
-                    out.push(uri.as_str().to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
-/// istio-start.sh and the pilot-agent it starts, killed together (on drop too, so a failed
-/// assertion leaves no agent behind).
-struct AgentGroup(std::process::Child);
-
-impl AgentGroup {
-    fn stop(&mut self) {
-        let pgid = self.0.id() as libc::pid_t;
-        // SAFETY: kill(2) on the process group this test created.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.0.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // SAFETY: signal 0 only checks whether any member of the group is left.
-        while unsafe { libc::kill(-pgid, 0) } == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "pilot-agent outlived its group kill"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for AgentGroup {
-    fn drop(&mut self) {
-        let pgid = self.0.id() as libc::pid_t;
-        // SAFETY: as in stop().
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod endpoint;
 #[path = "support/kube.rs"]
 mod kube;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use agent_support::{Agent, wait_for};
 use endpoint::{
     Endpoint, Extra, MESH, NS, Options, POLICY, StoreChoice, WORKLOAD_GROUP, onboard, read, repo,
 };
-use kube::KubeHarness;
+use kube::{KubeHarness, service_account_kubeconfig};
 
 const WAR: &str = "ratings-jwt-corp-vm-0001";
 const TOKEN: &str = "var/run/secrets/tokens/istio-token";
@@ -90,35 +90,6 @@ fn cluster() -> Option<KubeHarness> {
     let rbac = repo().join("packaging/kubernetes/rbac.yaml");
     h.kubectl(&["apply", "-f", rbac.to_str().unwrap()]);
     Some(h)
-}
-
-/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
-fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: harness
-  cluster: {{server: {server}, certificate-authority: {ca}}}
-users:
-- name: {sa}
-  user: {{token: {token}}}
-contexts:
-- name: {sa}
-  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
-current-context: {sa}
-",
-            server = h.ready.server,
-            ca = h.ready.ca_file.display(),
-            token = token.trim()
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn kube_endpoint(h: &KubeHarness, opts: Options, instance: &str) -> Endpoint {

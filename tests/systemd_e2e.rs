@@ -27,16 +27,11 @@ use std::time::{Duration, Instant};
 
 use agent_support::onboarding_config;
 use endpoint::{Endpoint, NS, Options, vm_jwt};
+use nspawn::vm::{AGENT_UNIT, CLUSTER_ENV, SIDECAR_UNIT, STATE, TOKEN, WAR};
 use nspawn::{Container, Root};
 use sha2::Digest;
 
-const WAR: &str = "ratings-jwt-corp-vm-0001";
-const AGENT_UNIT: &str = "onboarding-agent.service";
-const SIDECAR_UNIT: &str = "istio-sidecar.service";
-const CLUSTER_ENV: &str = "/var/lib/istio/envoy/cluster.env";
-const TOKEN: &str = "/var/run/secrets/tokens/istio-token";
 const STARTS: &str = "/run/istio-sidecar/starts";
-const STATE: &str = "/var/lib/onboarding-agent/state.json";
 
 const SIDECAR_STANDIN_UNIT: &str = "\
 [Unit]

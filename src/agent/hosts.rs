@@ -38,22 +38,36 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A name the bootstrap asks the agent to resolve has no address here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot resolve {name}: {reason}")]
+pub struct ResolveError {
+    pub name: String,
+    pub reason: String,
+}
+
 /// Replaces entries that name a DNS name to `resolve` by one entry per address that name
 /// has on this host (IPv4 first, as a resolver would try them). Fails when a name does not
 /// resolve: the caller then keeps the old block rather than lose the istiod address.
 pub fn resolve_entries(
     entries: &[HostsEntry],
     lookup: impl Fn(&str) -> std::io::Result<Vec<std::net::IpAddr>>,
-) -> Result<Vec<HostsEntry>, String> {
+) -> Result<Vec<HostsEntry>, ResolveError> {
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let Some(name) = e.resolve.as_deref().filter(|n| !n.is_empty()) else {
             out.push(e.clone());
             continue;
         };
-        let mut ips = lookup(name).map_err(|err| format!("cannot resolve {name}: {err}"))?;
+        let mut ips = lookup(name).map_err(|err| ResolveError {
+            name: name.to_string(),
+            reason: err.to_string(),
+        })?;
         if ips.is_empty() {
-            return Err(format!("cannot resolve {name}: no addresses"));
+            return Err(ResolveError {
+                name: name.to_string(),
+                reason: "no addresses".into(),
+            });
         }
         ips.sort_by_key(|ip| (ip.is_ipv6(), *ip));
         ips.dedup();
@@ -361,7 +375,7 @@ mod tests {
         let failing = |_: &str| -> std::io::Result<Vec<std::net::IpAddr>> {
             Err(std::io::Error::other("NXDOMAIN"))
         };
-        let e = resolve_entries(&entries, failing).unwrap_err();
+        let e = resolve_entries(&entries, failing).unwrap_err().to_string();
         assert!(
             e.contains("eastwest.example") && e.contains("NXDOMAIN"),
             "{e}"

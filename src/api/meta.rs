@@ -105,28 +105,43 @@ impl LabelSelector {
     }
 
     /// Why a selector could never be satisfied as written (Kubernetes rejects these).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SelectorError> {
         for r in &self.match_expressions {
             match r.operator {
                 SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
-                    return Err(format!(
-                        "matchExpressions key {:?}: operator {:?} needs at least one value",
-                        r.key, r.operator
-                    ));
+                    return Err(SelectorError::NeedsValues {
+                        key: r.key.clone(),
+                        operator: r.operator,
+                    });
                 }
                 SelectorOperator::Exists | SelectorOperator::DoesNotExist
                     if !r.values.is_empty() =>
                 {
-                    return Err(format!(
-                        "matchExpressions key {:?}: operator {:?} takes no values",
-                        r.key, r.operator
-                    ));
+                    return Err(SelectorError::TakesNoValues {
+                        key: r.key.clone(),
+                        operator: r.operator,
+                    });
                 }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// A label selector that could never be satisfied as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("matchExpressions key {key:?}: operator {operator:?} needs at least one value")]
+    NeedsValues {
+        key: String,
+        operator: SelectorOperator,
+    },
+    #[error("matchExpressions key {key:?}: operator {operator:?} takes no values")]
+    TakesNoValues {
+        key: String,
+        operator: SelectorOperator,
+    },
 }
 
 impl LabelSelectorRequirement {

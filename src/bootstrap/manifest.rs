@@ -99,6 +99,18 @@ pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     }
 }
 
+/// An operator's template directory as data: what [`TemplateSet::with_overrides`] lays over
+/// the built-ins. The endpoint's shell fills it from the disk (`TemplateDir::read`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TemplateDir {
+    /// Where it was read from: error messages name the files under it.
+    pub dir: PathBuf,
+    /// Every `*.tera` file of the directory: file name -> source text.
+    pub templates: BTreeMap<String, String>,
+    /// The text of its `manifest.yaml`, when it has one.
+    pub manifest: Option<String>,
+}
+
 /// The manifest and the template sources it refers to, merged from the built-ins and an
 /// optional operator directory.
 #[derive(Debug, Clone)]
@@ -129,41 +141,19 @@ impl TemplateSet {
         Ok(set)
     }
 
-    /// The built-ins with `dir` laid over them: every `*.tera` in `dir` replaces or adds a
-    /// template; entries of `dir/manifest.yaml` replace the built-in entry with the same
-    /// `name` or are added after them.
-    pub fn with_overrides(dir: &Path) -> Result<Self, BootstrapError> {
+    /// The built-ins with an operator's template directory laid over them: every `*.tera`
+    /// in it replaces or adds a template; entries of its `manifest.yaml` replace the built-in
+    /// entry with the same `name` or are added after them. Pure: the directory comes as data
+    /// (the shell reads it, see `TemplateDir::read`).
+    pub fn with_overrides(overrides: &TemplateDir) -> Result<Self, BootstrapError> {
         let mut set = Self::builtin()?;
-        let entries = std::fs::read_dir(dir).map_err(|e| BootstrapError::Templates {
-            file: dir.to_path_buf(),
-            message: format!("cannot read the template directory: {e}"),
-        })?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| BootstrapError::Templates {
-                file: dir.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+        for (name, src) in &overrides.templates {
+            let origin = overrides.dir.join(name).display().to_string();
+            set.templates.insert(name.clone(), (src.clone(), origin));
         }
-        names.sort();
-        for name in names.iter().filter(|n| n.ends_with(TEMPLATE_SUFFIX)) {
-            let path = dir.join(name);
-            let src = std::fs::read_to_string(&path).map_err(|e| BootstrapError::Templates {
-                file: path.clone(),
-                message: format!("cannot read template: {e}"),
-            })?;
-            set.templates
-                .insert(name.clone(), (src, path.display().to_string()));
-        }
-        let manifest_path = dir.join(MANIFEST_FILE);
-        if names.iter().any(|n| n == MANIFEST_FILE) {
-            let text =
-                std::fs::read_to_string(&manifest_path).map_err(|e| BootstrapError::Templates {
-                    file: manifest_path.clone(),
-                    message: format!("cannot read: {e}"),
-                })?;
-            let doc = parse_manifest(&manifest_path, &text)?;
+        let manifest_path = overrides.dir.join(MANIFEST_FILE);
+        if let Some(text) = &overrides.manifest {
+            let doc = parse_manifest(&manifest_path, text)?;
             for spec in doc.files {
                 match set.files.iter_mut().find(|f| f.name == spec.name) {
                     Some(existing) => *existing = spec,
@@ -266,22 +256,15 @@ mod tests {
     }
 
     fn overrides(manifest: &str, files: &[(&str, &str)]) -> Result<TemplateSet, BootstrapError> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(MANIFEST_FILE), manifest).unwrap();
-        for (n, c) in files {
-            std::fs::write(dir.path().join(n), c).unwrap();
-        }
-        let r = TemplateSet::with_overrides(dir.path());
-        r.map_err(|e| {
-            // Error messages name the file; strip the temp dir for stable assertions.
-            BootstrapError::Templates {
-                file: PathBuf::from(
-                    e.to_string()
-                        .replace(&dir.path().display().to_string(), "DIR"),
-                ),
-                message: String::new(),
-            }
-        })
+        let dir = TemplateDir {
+            dir: PathBuf::from("DIR"),
+            templates: files
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.to_string()))
+                .collect(),
+            manifest: Some(manifest.to_string()),
+        };
+        TemplateSet::with_overrides(&dir)
     }
 
     #[test]

@@ -9,10 +9,12 @@
 pub mod goyaml;
 pub mod manifest;
 pub mod proxy_config;
+#[cfg(feature = "endpoint")]
+mod read;
 pub mod sinks;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
@@ -21,7 +23,7 @@ use crate::api::meta::Labels;
 use crate::api::protocol::{Bootstrap, BootstrapFile, FileMode};
 use crate::api::registration::WorkloadGroupSnapshot;
 
-pub use manifest::{FileSpec, TemplateSet};
+pub use manifest::{FileSpec, TemplateDir, TemplateSet};
 pub use proxy_config::{Computed, compute, hosts_file, parse_gateway};
 
 pub const DEFAULT_ISTIO_NAMESPACE: &str = "istio-system";
@@ -201,9 +203,10 @@ impl Renderer {
         Self::from_set(TemplateSet::builtin()?)
     }
 
-    /// The built-ins with an operator directory laid over them (`None`: built-ins only).
-    pub fn new(override_dir: Option<&Path>) -> Result<Self, BootstrapError> {
-        match override_dir {
+    /// The built-ins with an operator's template directory (as data) laid over them. The
+    /// endpoint's build adds `Renderer::new(Option<&Path>)`, which reads the directory first.
+    pub fn with_overrides(overrides: Option<&TemplateDir>) -> Result<Self, BootstrapError> {
+        match overrides {
             Some(dir) => Self::from_set(TemplateSet::with_overrides(dir)?),
             None => Self::builtin(),
         }

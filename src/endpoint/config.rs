@@ -16,6 +16,9 @@ use crate::identity::gcp::GcpConfig;
 use crate::identity::jwt::IssuerConfig;
 use crate::store::file::IstioTokenSource;
 
+mod paths;
+pub use paths::ConfigPaths;
+
 pub const API_VERSION: &str = "config.endpoint.onboarding.tetrate.io/v1alpha1";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15443";
 
@@ -506,6 +509,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// What is wrong with a configuration that parsed: one line naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl From<String> for InvalidConfig {
+    fn from(s: String) -> Self {
+        InvalidConfig(s)
+    }
+}
+
+impl From<&str> for InvalidConfig {
+    fn from(s: &str) -> Self {
+        InvalidConfig(s.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
@@ -530,8 +550,8 @@ impl EndpointConfig {
         cfg.resolve_paths(base);
         cfg.validate()
             .and_then(|()| cfg.check_local_repository())
-            .map_err(|message| ConfigError::Invalid {
-                message,
+            .map_err(|e| ConfigError::Invalid {
+                message: e.0,
                 path: path.to_path_buf(),
             })?;
         Ok(cfg)
@@ -539,7 +559,7 @@ impl EndpointConfig {
 
     /// The one check at load that looks at the disk: a repository directory that is not
     /// there would make every download a 404, so the endpoint refuses to start instead.
-    fn check_local_repository(&self) -> Result<(), String> {
+    fn check_local_repository(&self) -> Result<(), InvalidConfig> {
         let Some(r) = &self.local_repository else {
             return Ok(());
         };
@@ -548,87 +568,30 @@ impl EndpointConfig {
             Ok(_) => Err(format!(
                 "localRepository.directory: {} is not a directory",
                 r.directory.display()
-            )),
+            )
+            .into()),
             Err(e) => Err(format!(
                 "localRepository.directory: {}: {e} (create it and place the packages there, docs/install.md)",
                 r.directory.display()
-            )),
+            )
+            .into()),
         }
     }
 
+    /// Joins every relative path of the configuration to `base` (the config file's
+    /// directory). Which fields are paths is [`ConfigPaths`]' business: the compiler makes
+    /// each section list all its fields there.
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
+        self.visit_paths(&mut |p| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
-        };
-        if let Some(r) = &mut self.local_repository {
-            fix(&mut r.directory);
-        }
-        if let Some(t) = &mut self.tls {
-            fix(&mut t.cert_file);
-            fix(&mut t.key_file);
-        }
-        if let Some(k) = &mut self.token_issuer.signing_key_file {
-            fix(k);
-        }
-        if let Some(f) = &mut self.store.file {
-            fix(&mut f.config_dir);
-            fix(&mut f.state_dir);
-        }
-        if let Some(k) = self.store.kube.as_mut().and_then(|k| k.kubeconfig.as_mut()) {
-            fix(k);
-        }
-        if let Some(d) = &mut self.templates.dir {
-            fix(d);
-        }
-        if let Some(t) = &mut self.istio_token
-            && let Some(f) = &mut t.file
-        {
-            fix(f);
-        }
-        let auth = &mut self.authentication;
-        if let Some(ec2) = auth.aws.as_mut().and_then(|a| a.ec2.as_mut()) {
-            for c in &mut ec2.certificates {
-                fix(&mut c.file);
-            }
-        }
-        if let Some(f) = auth
-            .aws
-            .as_mut()
-            .and_then(|a| a.api.as_mut())
-            .and_then(|a| a.credentials_file.as_mut())
-        {
-            fix(f);
-        }
-        if let Some(f) = auth.gcp.as_mut().and_then(|g| g.jwks_file.as_mut()) {
-            fix(f);
-        }
-        if let Some(az) = auth.azure.as_mut() {
-            for f in az
-                .root_certificates
-                .iter_mut()
-                .chain(az.intermediate_certificates.iter_mut())
-            {
-                fix(f);
-            }
-        }
-        for i in &mut self.authentication.jwt.issuers {
-            if let Some(f) = &mut i.jwks_file {
-                fix(f);
-            }
-            if let Some(f) = &mut i.ca_file {
-                fix(f);
-            }
-        }
+        });
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.kind != "EndpointConfiguration" {
-            return Err(format!(
-                "kind must be EndpointConfiguration, not {:?}",
-                self.kind
-            ));
+            return Err(format!("kind must be EndpointConfiguration, not {:?}", self.kind).into());
         }
         self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
             format!(
@@ -678,7 +641,7 @@ impl EndpointConfig {
         self.validate_cloud()
     }
 
-    fn validate_cloud(&self) -> Result<(), String> {
+    fn validate_cloud(&self) -> Result<(), InvalidConfig> {
         let auth = &self.authentication;
         if let Some(aws) = &auth.aws {
             if aws.ec2.is_none() && aws.ecs.is_none() {
@@ -702,7 +665,8 @@ impl EndpointConfig {
                     if c.region.trim().is_empty() {
                         return Err(format!(
                             "authentication.aws.ec2.certificates[{i}].region: must not be empty"
-                        ));
+                        )
+                        .into());
                     }
                 }
             }

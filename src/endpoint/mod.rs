@@ -8,6 +8,7 @@ pub mod install;
 pub mod metrics;
 pub mod plane;
 pub mod render;
+pub mod run;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -273,3 +273,57 @@ pub fn build_xds_client(dir: &Path) -> PathBuf {
     assert!(status.success(), "go build ./xds-client failed");
     out
 }
+
+/// The URI SANs of a certificate (a workload's SPIFFE ID).
+pub fn uri_sans(cert: &x509_cert::Certificate) -> Vec<String> {
+    let mut out = Vec::new();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id
+            == <x509_cert::ext::pkix::SubjectAltName as x509_cert::der::oid::AssociatedOid>::OID
+        {
+            let san = <x509_cert::ext::pkix::SubjectAltName as x509_cert::der::Decode>::from_der(
+                ext.extn_value.as_bytes(),
+            )
+            .expect("SAN");
+            for name in san.0 {
+                if let x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(uri) =
+                    name
+                {
+                    out.push(uri.as_str().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// istio-start.sh and the pilot-agent it starts, killed together (on drop too, so a failed
+/// assertion leaves no agent behind).
+pub struct AgentGroup(pub std::process::Child);
+
+impl AgentGroup {
+    pub fn stop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks whether any member of the group is left.
+        while unsafe { libc::kill(-pgid, 0) } == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "pilot-agent outlived its group kill"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentGroup {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as libc::pid_t;
+        // SAFETY: as in stop().
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}

@@ -307,3 +307,32 @@ pub fn collect_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>) 
         }
     });
 }
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
+pub fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: harness
+  cluster: {{server: {server}, certificate-authority: {ca}}}
+users:
+- name: {sa}
+  user: {{token: {token}}}
+contexts:
+- name: {sa}
+  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
+current-context: {sa}
+",
+            server = h.ready.server,
+            ca = h.ready.ca_file.display(),
+            token = token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}

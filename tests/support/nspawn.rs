@@ -18,6 +18,17 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
+/// Where the agent and the sidecar keep their files in a VM, and the names the suites that
+/// run them in a container (systemd_e2e, package_e2e) look for.
+pub mod vm {
+    pub const WAR: &str = "ratings-jwt-corp-vm-0001";
+    pub const AGENT_UNIT: &str = "onboarding-agent.service";
+    pub const SIDECAR_UNIT: &str = "istio-sidecar.service";
+    pub const STATE: &str = "/var/lib/onboarding-agent/state.json";
+    pub const TOKEN: &str = "/var/run/secrets/tokens/istio-token";
+    pub const CLUSTER_ENV: &str = "/var/lib/istio/envoy/cluster.env";
+}
+
 pub const SUITE: &str = "bookworm";
 pub const VARIANT: &str = "minbase";
 /// What the root needs besides minbase: systemd as PID 1, D-Bus for systemctl's

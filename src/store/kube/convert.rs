@@ -168,23 +168,32 @@ pub fn policy_to_object(p: &OnboardingPolicy) -> PolicyObject {
     o
 }
 
+/// A watched object whose spec does not parse: the kind, the object and serde's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {namespace}/{name}: {message}")]
+pub struct ConvertError {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
+}
+
 fn spec_of<T: serde::de::DeserializeOwned + Default>(
     o: &DynamicObject,
-    kind: &str,
-) -> Result<T, String> {
+    kind: &'static str,
+) -> Result<T, ConvertError> {
     match o.data.get("spec") {
         None | Some(Value::Null) => Ok(T::default()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            format!(
-                "{kind} {}/{}: {e}",
-                o.metadata.namespace.as_deref().unwrap_or(""),
-                o.metadata.name.as_deref().unwrap_or("")
-            )
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| ConvertError {
+            kind,
+            namespace: o.metadata.namespace.clone().unwrap_or_default(),
+            name: o.metadata.name.clone().unwrap_or_default(),
+            message: e.to_string(),
         }),
     }
 }
 
-pub fn workload_group_from_dynamic(o: &DynamicObject) -> Result<WorkloadGroup, String> {
+pub fn workload_group_from_dynamic(o: &DynamicObject) -> Result<WorkloadGroup, ConvertError> {
     Ok(WorkloadGroup {
         api_version: crate::api::istio::NETWORKING_API_VERSION.to_string(),
         kind: "WorkloadGroup".to_string(),
@@ -194,7 +203,7 @@ pub fn workload_group_from_dynamic(o: &DynamicObject) -> Result<WorkloadGroup, S
     })
 }
 
-pub fn sidecar_from_dynamic(o: &DynamicObject) -> Result<Sidecar, String> {
+pub fn sidecar_from_dynamic(o: &DynamicObject) -> Result<Sidecar, ConvertError> {
     Ok(Sidecar {
         api_version: crate::api::istio::NETWORKING_API_VERSION.to_string(),
         kind: "Sidecar".to_string(),
@@ -426,6 +435,6 @@ mod tests {
         }))
         .unwrap();
         let e = workload_group_from_dynamic(&bad).unwrap_err();
-        assert!(e.contains("WorkloadGroup n/x"), "{e}");
+        assert!(e.to_string().contains("WorkloadGroup n/x"), "{e}");
     }
 }

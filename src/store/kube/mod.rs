@@ -81,25 +81,37 @@ fn one_hour() -> crate::api::duration::Duration {
     crate::api::duration::Duration::from_secs(3600)
 }
 
+/// A `store.kube` setting is unusable: the field (under `store.kube`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SettingsError {
+    pub field: &'static str,
+    pub message: String,
+}
+
 impl KubeStoreSettings {
-    /// Problems are returned as `field: message` for the caller to prefix.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Problems show as `field: message` for the caller to prefix.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let err = |field, message: String| Err(SettingsError { field, message });
         if self.istio_token_expiration.as_std() < MIN_TOKEN_LIFETIME {
-            return Err("istioTokenExpiration: must be at least 10m (the TokenRequest API refuses shorter lifetimes)".into());
+            return err(
+                "istioTokenExpiration",
+                "must be at least 10m (the TokenRequest API refuses shorter lifetimes)".into(),
+            );
         }
         if !crate::registration::naming::is_dns1123_subdomain(&self.state_secret) {
-            return Err(format!(
-                "stateSecret: {:?} is not a valid Secret name",
-                self.state_secret
-            ));
+            return err(
+                "stateSecret",
+                format!("{:?} is not a valid Secret name", self.state_secret),
+            );
         }
         if self.field_manager.trim().is_empty() || self.field_manager.len() > 128 {
-            return Err("fieldManager: must be 1-128 characters".into());
+            return err("fieldManager", "must be 1-128 characters".into());
         }
         if let Some(ns) = &self.namespace
             && !crate::registration::naming::is_dns1123_subdomain(ns)
         {
-            return Err(format!("namespace: {ns:?} is not a valid namespace name"));
+            return err("namespace", format!("{ns:?} is not a valid namespace name"));
         }
         Ok(())
     }
@@ -324,7 +336,7 @@ impl KubeStore {
 /// Maps one watcher event to a cache event, converting the object.
 fn map_event<K: Resource, T>(
     ev: Event<K>,
-    conv: impl Fn(&K) -> Result<T, String>,
+    conv: impl Fn(&K) -> Result<T, convert::ConvertError>,
 ) -> CacheEvent<T> {
     let key = |o: &K| {
         (
@@ -334,9 +346,10 @@ fn map_event<K: Resource, T>(
     };
     match ev {
         Event::Init => CacheEvent::Init,
-        Event::InitApply(o) => CacheEvent::InitApply(key(&o), conv(&o)),
+        // The cache keeps the message to report; the object keeps its last good version.
+        Event::InitApply(o) => CacheEvent::InitApply(key(&o), conv(&o).map_err(|e| e.to_string())),
         Event::InitDone => CacheEvent::InitDone,
-        Event::Apply(o) => CacheEvent::Apply(key(&o), conv(&o)),
+        Event::Apply(o) => CacheEvent::Apply(key(&o), conv(&o).map_err(|e| e.to_string())),
         Event::Delete(o) => CacheEvent::Delete(key(&o)),
     }
 }

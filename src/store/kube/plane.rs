@@ -22,19 +22,37 @@ pub struct PlaneState {
 }
 
 /// The state held in a Secret's data, or what is wrong with it.
+/// The plane's Secret cannot be used as it is; each message names the Secret and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaneSecretError {
+    #[error(
+        "Secret {name} has no key {key:?}; delete the Secret to let the endpoint create it anew (agents then onboard again)"
+    )]
+    MissingKey { name: String, key: &'static str },
+    #[error("Secret {name} key {key:?} is not UTF-8")]
+    NotUtf8 { name: String, key: &'static str },
+    #[error("Secret {name} key {key:?} is empty")]
+    Empty { name: String, key: &'static str },
+}
+
 pub fn from_secret_data(
     name: &str,
     data: &BTreeMap<String, ByteString>,
-) -> Result<PlaneState, String> {
-    let get = |k: &str| -> Result<String, String> {
-        let v = data
-            .get(k)
-            .ok_or_else(|| format!("Secret {name} has no key {k:?}; delete the Secret to let the endpoint create it anew (agents then onboard again)"))?;
-        String::from_utf8(v.0.clone()).map_err(|_| format!("Secret {name} key {k:?} is not UTF-8"))
+) -> Result<PlaneState, PlaneSecretError> {
+    let get = |key: &'static str| -> Result<String, PlaneSecretError> {
+        let name = name.to_string();
+        let v = data.get(key).ok_or_else(|| PlaneSecretError::MissingKey {
+            name: name.clone(),
+            key,
+        })?;
+        String::from_utf8(v.0.clone()).map_err(|_| PlaneSecretError::NotUtf8 { name, key })
     };
     let plane_uid = get(KEY_PLANE_UID)?.trim().to_string();
     if plane_uid.is_empty() {
-        return Err(format!("Secret {name} key {KEY_PLANE_UID:?} is empty"));
+        return Err(PlaneSecretError::Empty {
+            name: name.to_string(),
+            key: KEY_PLANE_UID,
+        });
     }
     Ok(PlaneState {
         plane_uid,
@@ -71,22 +89,22 @@ pub fn to_secret(name: &str, namespace: &str, s: &PlaneState) -> Secret {
 /// Reads the shared state, creating it with `make()` when absent. Two replicas starting at
 /// once both try to create; the API server lets one win (AlreadyExists for the other), and
 /// the loser reads the winner's, so every replica ends up with the same key and UID.
-pub async fn load_or_create(
+pub async fn load_or_create<E: std::fmt::Display>(
     client: &Client,
     namespace: &str,
     name: &str,
-    make: impl FnOnce() -> Result<PlaneState, String>,
+    make: impl FnOnce() -> Result<PlaneState, E>,
 ) -> Result<PlaneState, StoreError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |s: Secret| {
         from_secret_data(&format!("{namespace}/{name}"), &s.data.unwrap_or_default())
-            .map_err(StoreError::Io)
+            .map_err(|e| StoreError::Io(e.to_string()))
     };
     let io = |e: kube::Error| StoreError::Io(format!("Secret {namespace}/{name}: {e}"));
     if let Some(s) = api.get_opt(name).await.map_err(io)? {
         return read(s);
     }
-    let state = make().map_err(StoreError::Io)?;
+    let state = make().map_err(|e| StoreError::Io(e.to_string()))?;
     match api
         .create(&PostParams::default(), &to_secret(name, namespace, &state))
         .await
@@ -119,11 +137,17 @@ mod tests {
         data.remove(KEY_SIGNING_KEY);
         let e = from_secret_data("onboarding/state", &data).unwrap_err();
         assert!(
-            e.contains("session-signing-key.pem") && e.contains("onboarding/state"),
+            e.to_string().contains("session-signing-key.pem")
+                && e.to_string().contains("onboarding/state"),
             "{e}"
         );
         data.insert(KEY_SIGNING_KEY.into(), ByteString(b"k".to_vec()));
         data.insert(KEY_PLANE_UID.into(), ByteString(b"  ".to_vec()));
-        assert!(from_secret_data("s", &data).unwrap_err().contains("empty"));
+        assert!(
+            from_secret_data("s", &data)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
     }
 }
