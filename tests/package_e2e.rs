@@ -41,6 +41,8 @@ mod agent_support;
 mod endpoint;
 #[path = "support/istio.rs"]
 mod istio;
+#[path = "support/istio_vm.rs"]
+mod istio_vm;
 #[path = "support/kube.rs"]
 mod kube;
 #[path = "support/nspawn.rs"]
@@ -52,13 +54,11 @@ use std::time::{Duration, Instant};
 
 use agent_support::onboarding_config;
 use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, vm_jwt};
-use istio::{Istiod, istio_bin_dir};
-use kube::KubeHarness;
+use istio::{Istiod, istio_bin_dir, uri_sans};
+use istio_vm::{ENDPOINT_NS, ISTIOD_PORT, SA, crds_output, workload_group};
+use kube::{KubeHarness, service_account_kubeconfig};
 use nspawn::{Container, Root};
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, oid::AssociatedOid};
-use x509_cert::ext::pkix::SubjectAltName;
-use x509_cert::ext::pkix::name::GeneralName;
 
 const WAR: &str = "ratings-jwt-corp-vm-0001";
 const AGENT_UNIT: &str = "onboarding-agent.service";
@@ -734,12 +734,6 @@ fn rpm_installs_into_a_prepared_root() {
     );
 }
 
-/// The ServiceAccount of the WorkloadGroup the real-istiod test registers into.
-const SA: &str = "ratings-vm";
-const ENDPOINT_NS: &str = "onboarding";
-/// The port every rendered file names for istiod (`CA_ADDR`, `discoveryAddress`).
-const ISTIOD_PORT: u16 = 15012;
-
 /// What the istio-sidecar package installs as istio-sidecar.service (Istio's
 /// tools/packaging/common/istio.service), with `WorkingDirectory=/` spelled out: the script
 /// reads `./var/lib/istio/envoy/*.env` and pilot-agent `./etc/...` relative to `/`.
@@ -770,83 +764,6 @@ ISTIO_BIN_BASE=/usr/local/bin
 EXEC_USER=istio-proxy
 POD_NAME=vm-1
 ";
-
-fn workload_group() -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata:
-  name: ratings
-  namespace: {NS}
-  labels: {{app: ratings}}
-spec:
-  metadata:
-    labels: {{app: ratings}}
-  template:
-    labels: {{app: ratings, class: vm}}
-    serviceAccount: {SA}
-    ports: {{http: 8080}}
-"#
-    )
-}
-
-fn crds_output() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_onboarding-endpoint"))
-        .arg("crds")
-        .output()
-        .unwrap_or_else(|e| panic!("run onboarding-endpoint crds: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("CRDs not UTF-8: {e}"))
-}
-
-/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a TokenRequest token.
-fn service_account_kubeconfig(h: &KubeHarness, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    let token = h.kubectl(&["-n", ns, "create", "token", sa, "--duration", "2h"]);
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: harness
-  cluster: {{server: {server}, certificate-authority: {ca}}}
-users:
-- name: {sa}
-  user: {{token: {token}}}
-contexts:
-- name: {sa}
-  context: {{cluster: harness, user: {sa}, namespace: {ns}}}
-current-context: {sa}
-",
-            server = h.ready.server,
-            ca = h.ready.ca_file.display(),
-            token = token.trim()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    path
-}
-
-fn uri_sans(cert: &Certificate) -> Vec<String> {
-    let mut out = Vec::new();
-    for ext in cert.tbs_certificate.extensions.iter().flatten() {
-        if ext.extn_id == SubjectAltName::OID {
-            let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
-                .unwrap_or_else(|e| panic!("SAN: {e}"));
-            for name in san.0 {
-                if let GeneralName::UniformResourceIdentifier(uri) = name {
-                    out.push(uri.as_str().to_string());
-                }
-            }
-        }
-    }
-    out
-}
 
 /// The installed package feeding the real sidecar: istiod (built from istio.io/istio) on
 /// the real kube-apiserver, the endpoint on the kube store, and inside the booted Debian
@@ -886,7 +803,7 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
         "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
         "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
     ]);
-    kube.kubectl_in(&["apply", "-f", "-"], Some(&workload_group()));
+    kube.kubectl_in(&["apply", "-f", "-"], Some(&workload_group(None)));
     kube.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
     let rbac = endpoint::repo().join("packaging/kubernetes/rbac.yaml");
     kube.kubectl(&["apply", "-f", &rbac.to_string_lossy()]);
