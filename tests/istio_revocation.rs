@@ -19,10 +19,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::Agent;
-use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, repo};
+use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice};
 use istio::{Istiod, istio_bin_dir, uri_sans};
 use istio_vm::*;
-use kube::{KubeHarness, service_account_kubeconfig};
+use kube::KubeHarness;
 use x509_cert::Certificate;
 
 /// A counter from istiod's Prometheus endpoint (the sum over its label sets), or `None`
@@ -112,49 +112,22 @@ fn time_until(
 /// with no authentication failure at istiod.
 #[test]
 fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").is_err(),
-            "istio_revocation needs root (unshare --mount) and CI is set"
-        );
-        eprintln!(
-            "SKIPPED revocation_timings_and_a_token_replaced_under_a_running_pilot_agent: needs root"
-        );
+    if !running_as_root_or_skip(
+        "revocation_timings_and_a_token_replaced_under_a_running_pilot_agent",
+    ) {
         return;
     }
-    let Some(h) = KubeHarness::start() else {
-        return;
-    };
-    let Some(istio_bin) = istio_bin_dir() else {
-        return;
-    };
     let _ports = fixed_ports();
-    for ns in [NS, ENDPOINT_NS] {
-        h.kubectl(&["create", "namespace", ns]);
-    }
-    h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
-    let istiod = Istiod::start_on(&h, &istio_bin, MESH, NS, Some(ISTIOD_PORT));
-    h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
-    h.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
-        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
-    ]);
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe target");
-    let probe_port = probe.local_addr().expect("addr").port();
-    drop(probe);
-    h.kubectl_in(
-        &["apply", "-f", "-"],
-        Some(&workload_group(Some(probe_port))),
-    );
-    h.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
-    h.kubectl_in(&["apply", "-f", "-"], Some(SERVICE_ENTRY));
-    let rbac = repo().join("packaging/kubernetes/rbac.yaml");
-    h.kubectl(&["apply", "-f", rbac.to_str().expect("UTF-8")]);
-    let kubeconfig = service_account_kubeconfig(&h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
+    let probe_port = unused_port();
+    let Some(cluster) = VmCluster::start(MESH, Some(probe_port)) else {
+        return;
+    };
+    let VmCluster {
+        h,
+        istiod,
+        istio_bin,
+        ..
+    } = &cluster;
     // Short keep-alive and grace settings so the policy case ends within the test; the
     // figures for the defaults follow from the same steps (docs/testing-kubernetes.md).
     let settings = Options {
@@ -163,18 +136,7 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
         keep_alive_timeout: "6s",
         token_expiration: "1h",
     };
-    let mut ep = Endpoint::start_in(
-        settings,
-        Extra::default(),
-        StoreChoice {
-            store: Some(format!(
-                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
-                kubeconfig.display()
-            )),
-            instance_name: Some("endpoint-a".into()),
-        },
-    );
-    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    let ep = cluster.endpoint(settings);
     // Shared by the diagnostics and the steps that stop and start it.
     let agent = std::cell::RefCell::new(Agent::builder(&ep).start());
     agent
@@ -191,7 +153,7 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     // is a signing request to istiod, authenticated by what the VM holds.
     let sidecar_env = "SECRET_TTL=20s\n";
     let log1 = agent.borrow().path("pilot-agent.log");
-    let mut sidecar = start_sidecar_with(&root, &istio_bin, &log1, sidecar_env);
+    let mut sidecar = start_sidecar_with(&root, istio_bin, &log1, sidecar_env);
     let diag = |log: &Path| {
         format!(
             "--- pilot-agent:\n{}\n--- istiod:\n{}\n--- agent:\n{}",
@@ -350,7 +312,7 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     let old_inode =
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&token_path).expect("istio-token"));
     let failures_before =
-        istiod_counter(&istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
+        istiod_counter(istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
     agent.borrow_mut().spawn();
     wait_until(
         "a new WorkloadEntry after re-onboarding",
@@ -403,7 +365,7 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     // pilot-agent, still the process started with the old token, renews its certificate
     // three times after the replacement: every request succeeds, and istiod counts no
     // authentication failure.
-    let csr_before = istiod_counter(&istiod, "citadel_server_csr_count")
+    let csr_before = istiod_counter(istiod, "citadel_server_csr_count")
         .expect("istiod counts signing requests (citadel_server_csr_count)");
     let mut last_serial = leaf_serial(&cert_path).expect("a certificate");
     // Three renewals, two or more requests: a request counted before `csr_before` may write
@@ -416,10 +378,10 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
             || leaf_serial(&cert_path).filter(|s| *s != last_serial),
         );
     }
-    let csr_after = istiod_counter(&istiod, "citadel_server_csr_count").unwrap_or(0.0);
+    let csr_after = istiod_counter(istiod, "citadel_server_csr_count").unwrap_or(0.0);
     assert!(csr_after >= csr_before + 2.0, "{csr_before} -> {csr_after}");
     let failures_after =
-        istiod_counter(&istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
+        istiod_counter(istiod, "citadel_server_authentication_failure_count").unwrap_or(0.0);
     assert_eq!(
         failures_after,
         failures_before,
@@ -447,7 +409,7 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
     // listens.
     std::fs::remove_file(&socket).expect("remove the old XDS socket");
     let log2 = agent.borrow().path("pilot-agent-2.log");
-    let mut sidecar = start_sidecar_with(&root, &istio_bin, &log2, sidecar_env);
+    let mut sidecar = start_sidecar_with(&root, istio_bin, &log2, sidecar_env);
     let (xds, probe_target) = join_endpoints(&log2);
 
     // (b) The policy stops admitting the identity; the agent keeps running.
@@ -535,15 +497,9 @@ fn revocation_timings_and_a_token_replaced_under_a_running_pilot_agent() {
 /// docs/endpoint.md).
 #[test]
 fn a_running_pilot_agent_keeps_a_valid_istio_token_across_the_agents_refreshes() {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").is_err(),
-            "istio_revocation needs root (unshare --mount) and CI is set"
-        );
-        eprintln!(
-            "SKIPPED a_running_pilot_agent_keeps_a_valid_istio_token_across_the_agents_refreshes: needs root"
-        );
+    if !running_as_root_or_skip(
+        "a_running_pilot_agent_keeps_a_valid_istio_token_across_the_agents_refreshes",
+    ) {
         return;
     }
     let Some(h) = KubeHarness::start() else {

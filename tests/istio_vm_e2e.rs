@@ -26,72 +26,31 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_support::Agent;
-use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, repo};
+use endpoint::{NS, Options, repo};
 use istio::{Istiod, istio_bin_dir, uri_sans};
 use istio_vm::*;
-use kube::{KubeHarness, service_account_kubeconfig};
+use kube::KubeHarness;
 use x509_cert::Certificate;
 
 #[test]
 fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     let started = Instant::now();
     let _ports = fixed_ports();
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // The mount namespace that gives pilot-agent the agent's /etc/hosts needs root.
-        assert!(
-            std::env::var("CI").is_err(),
-            "istio_vm_e2e needs root (unshare --mount) and CI is set"
-        );
-        eprintln!("SKIPPED a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod: needs root");
+    if !running_as_root_or_skip("a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod") {
         return;
     }
-    let Some(h) = KubeHarness::start() else {
+    let probe_port = unused_port();
+    let Some(cluster) = VmCluster::start(MESH, Some(probe_port)) else {
         return;
     };
-    let Some(istio_bin) = istio_bin_dir() else {
-        return;
-    };
-    for ns in [NS, ENDPOINT_NS] {
-        h.kubectl(&["create", "namespace", ns]);
-    }
-    h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
-    let istiod = Istiod::start_on(&h, &istio_bin, MESH, NS, Some(ISTIOD_PORT));
-
-    h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
-    h.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
-        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
-    ]);
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe target");
-    let probe_port = probe.local_addr().expect("addr").port();
-    drop(probe);
-    h.kubectl_in(
-        &["apply", "-f", "-"],
-        Some(&workload_group(Some(probe_port))),
-    );
-    h.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
-    h.kubectl_in(&["apply", "-f", "-"], Some(SERVICE_ENTRY));
-    let rbac = repo().join("packaging/kubernetes/rbac.yaml");
-    h.kubectl(&["apply", "-f", rbac.to_str().expect("UTF-8")]);
-
-    let kubeconfig = service_account_kubeconfig(&h, ENDPOINT_NS, "onboarding-endpoint", h.dir());
-    let mut ep = Endpoint::start_in(
-        Options::default(),
-        Extra::default(),
-        StoreChoice {
-            store: Some(format!(
-                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
-                kubeconfig.display()
-            )),
-            instance_name: Some("endpoint-a".into()),
-        },
-    );
+    let VmCluster {
+        h,
+        istiod,
+        istio_bin,
+        ..
+    } = &cluster;
     // The VM reaches istiod through "the gateway", here loopback.
-    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    let ep = cluster.endpoint(Options::default());
     let agent = Agent::builder(&ep).start();
     agent.wait_phase("connected", Duration::from_secs(60));
 
@@ -123,7 +82,7 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     );
 
     let log = agent.path("pilot-agent.log");
-    let mut sidecar = start_sidecar(&root, &istio_bin, &log);
+    let mut sidecar = start_sidecar(&root, istio_bin, &log);
     let diag = || {
         format!(
             "--- pilot-agent:\n{}\n--- istiod:\n{}",
@@ -373,7 +332,7 @@ fn a_vm_onboarded_by_the_endpoint_is_admitted_by_real_istiod() {
     }
     // As above: the probe turns healthy only once istiod controls the new entry.
     drop(probe_target.take());
-    let mut sidecar = start_sidecar(&root, &istio_bin, &agent.path("pilot-agent-2.log"));
+    let mut sidecar = start_sidecar(&root, istio_bin, &agent.path("pilot-agent-2.log"));
     let diag = || {
         format!(
             "--- pilot-agent (second run):\n{}\n--- istiod:\n{}",

@@ -53,10 +53,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::onboarding_config;
-use endpoint::{Endpoint, Extra, NS, Options, POLICY, StoreChoice, vm_jwt};
-use istio::{Istiod, istio_bin_dir, uri_sans};
-use istio_vm::{ENDPOINT_NS, ISTIOD_PORT, SA, crds_output, workload_group};
-use kube::{KubeHarness, service_account_kubeconfig};
+use endpoint::{Endpoint, NS, Options, vm_jwt};
+use istio::uri_sans;
+use istio_vm::{SA, VmCluster};
 use nspawn::{Container, Root};
 use x509_cert::Certificate;
 
@@ -784,45 +783,19 @@ fn deb_installed_agent_feeds_the_real_pilot_agent_under_systemd() {
     let Some(deb) = package_or_skip(TEST, "deb") else {
         return;
     };
-    let Some(kube) = KubeHarness::start() else {
+    // The WorkloadGroup has no probe: issuing a certificate needs none.
+    let Some(cluster) = VmCluster::start(istio::MESH, None) else {
         return;
     };
-    let Some(istio_bin) = istio_bin_dir() else {
-        return;
-    };
-    for ns in [NS, ENDPOINT_NS] {
-        kube.kubectl(&["create", "namespace", ns]);
-    }
-    kube.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
-    let istiod = Istiod::start_on(&kube, &istio_bin, istio::MESH, NS, Some(ISTIOD_PORT));
-    kube.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
-    kube.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
-        "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
-    ]);
-    kube.kubectl_in(&["apply", "-f", "-"], Some(&workload_group(None)));
-    kube.kubectl_in(&["apply", "-f", "-"], Some(POLICY));
-    let rbac = endpoint::repo().join("packaging/kubernetes/rbac.yaml");
-    kube.kubectl(&["apply", "-f", &rbac.to_string_lossy()]);
-    let kubeconfig =
-        service_account_kubeconfig(&kube, ENDPOINT_NS, "onboarding-endpoint", kube.dir());
-    let mut ep = Endpoint::start_in(
-        Options::default(),
-        Extra::default(),
-        StoreChoice {
-            store: Some(format!(
-                "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
-                kubeconfig.display()
-            )),
-            instance_name: Some("endpoint-a".into()),
-        },
-    );
+    let VmCluster {
+        h: kube,
+        istiod,
+        istio_bin,
+        ..
+    } = &cluster;
     // The VM reaches istiod through "the gateway", here the host's loopback, which the
     // container shares.
-    ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+    let ep = cluster.endpoint(Options::default());
 
     let (tarball, _) = nspawn::cached_root();
     let root = Root::extract(&tarball);

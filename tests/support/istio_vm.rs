@@ -143,3 +143,95 @@ pub fn fixed_ports() -> std::sync::MutexGuard<'static, ()> {
     // drop), so a poisoned lock is still a free port.
     FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// False (after printing why) when the test cannot run for lack of root: the mount
+/// namespace that gives pilot-agent the agent's /etc/hosts needs it. Under CI that is a
+/// failure, never a skip.
+pub fn running_as_root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{test} needs root (unshare --mount) and CI is set"
+    );
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+/// The real API server with real istiod on 127.0.0.1:15012 (the port every rendered file
+/// names), and what the endpoint needs there: the namespaces, the group's ServiceAccount,
+/// our CRDs (established), the `ratings` WorkloadGroup, the policy, the ServiceEntry that
+/// selects the VM, the packaged RBAC, and a kubeconfig for the endpoint's ServiceAccount.
+/// Fields drop in order: istiod before the API server it watches.
+pub struct VmCluster {
+    pub istiod: crate::istio::Istiod,
+    pub h: crate::kube::KubeHarness,
+    pub istio_bin: std::path::PathBuf,
+    /// The endpoint's ServiceAccount (`onboarding/onboarding-endpoint`), never admin.
+    pub kubeconfig: std::path::PathBuf,
+}
+
+impl VmCluster {
+    /// `None` when the Go binaries are not built (the harness says why, and fails under CI).
+    /// `probe_port`: the WorkloadGroup's TCP readiness probe, if any.
+    pub fn start(mesh: &str, probe_port: Option<u16>) -> Option<VmCluster> {
+        let h = crate::kube::KubeHarness::start()?;
+        let istio_bin = crate::istio::istio_bin_dir()?;
+        for ns in [NS, ENDPOINT_NS] {
+            h.kubectl(&["create", "namespace", ns]);
+        }
+        h.kubectl(&["-n", NS, "create", "serviceaccount", SA]);
+        let istiod = crate::istio::Istiod::start_on(&h, &istio_bin, mesh, NS, Some(ISTIOD_PORT));
+        h.kubectl_in(&["apply", "-f", "-"], Some(&crds_output()));
+        h.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/workloadautoregistrations.runtime.onboarding.tetrate.io",
+            "crd/onboardingpolicies.authorization.onboarding.tetrate.io",
+        ]);
+        h.kubectl_in(&["apply", "-f", "-"], Some(&workload_group(probe_port)));
+        h.kubectl_in(&["apply", "-f", "-"], Some(crate::endpoint::POLICY));
+        h.kubectl_in(&["apply", "-f", "-"], Some(SERVICE_ENTRY));
+        let rbac = crate::endpoint::repo().join("packaging/kubernetes/rbac.yaml");
+        h.kubectl(&["apply", "-f", &rbac.to_string_lossy()]);
+        let kubeconfig = crate::kube::service_account_kubeconfig(
+            &h,
+            ENDPOINT_NS,
+            "onboarding-endpoint",
+            h.dir(),
+        );
+        Some(VmCluster {
+            istiod,
+            h,
+            istio_bin,
+            kubeconfig,
+        })
+    }
+
+    /// The real endpoint on the kube store, as the endpoint's ServiceAccount, with the
+    /// istiod gateway at loopback (where the VM reaches istiod here).
+    pub fn endpoint(&self, opts: crate::endpoint::Options) -> crate::endpoint::Endpoint {
+        let mut ep = crate::endpoint::Endpoint::start_in(
+            opts,
+            crate::endpoint::Extra::default(),
+            crate::endpoint::StoreChoice {
+                store: Some(format!(
+                    "store:\n  kube: {{kubeconfig: {}, namespace: {ENDPOINT_NS}, istioTokenExpiration: 10m}}",
+                    self.kubeconfig.display()
+                )),
+                instance_name: Some("endpoint-a".into()),
+            },
+        );
+        ep.reconfigure(|t| t.replace("istiodGateway: 10.20.30.40", "istiodGateway: 127.0.0.1"));
+        ep
+    }
+}
+
+/// A loopback port nothing listens on yet (the probe target's, bound later by the test).
+pub fn unused_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe target");
+    probe.local_addr().expect("addr").port()
+}
