@@ -361,7 +361,7 @@ pub fn validate_agent(cfg: &AgentConfiguration) -> Result<(), FieldError> {
                 {
                     for (list, patterns) in [("include", &ni.include), ("exclude", &ni.exclude)] {
                         for (i, p) in patterns.iter().enumerate() {
-                            if let Err(e) = regex::Regex::new(p) {
+                            if let Err(e) = regex_lite::Regex::new(p) {
                                 return Err(field_err(
                                     format!(
                                         "host.custom.hostinfo.basic.networkInterfaces.{list}[{i}]"

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use regex::Regex;
+use regex_lite::Regex;
 
 use crate::api::registration::{Address, AddressType};
 
@@ -259,6 +259,17 @@ mod tests {
         assert_eq!(ips, ["127.0.0.1", "::1"]);
 
         assert!(Filters::new(&["(".into()], &[]).is_err());
+    }
+
+    /// The patterns are regex-lite's dialect: what interface names need works, Unicode
+    /// classes are refused with the pattern named (docs/agent.md says so).
+    #[test]
+    fn interface_patterns_are_regex_lite() {
+        let f = Filters::new(&["^(eth|ens)[0-9]+$".into()], &[r"^veth\w*".into()]).unwrap();
+        assert!(f.admits("eth0") && f.admits("ens192"));
+        assert!(!f.admits("veth1a2b") && !f.admits("docker0"));
+        let e = Filters::new(&[r"^\p{L}+$".into()], &[]).unwrap_err();
+        assert!(e.to_string().contains(r"\p{L}"), "{e}");
     }
 
     #[test]
